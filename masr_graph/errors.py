@@ -1,0 +1,82 @@
+"""Typed errors. Every error names the offending value and, where there is a closed set, the
+allowed ones, so a user can fix the input without reading the source."""
+from __future__ import annotations
+
+
+class MasrError(Exception):
+    """Base class of every error raised on purpose by masr_graph."""
+
+
+class ConfigError(MasrError, ValueError):
+    """A pool file, topology, role profile or other configuration is invalid."""
+
+
+class MissingAPIKeyError(ConfigError):
+    """The environment variable that should hold an LLM's API key is not set.
+
+    Raised only when that LLM is actually called, so a pool file may list providers the user has
+    no key for."""
+
+    def __init__(self, llm: str, env_var: str):
+        super().__init__(
+            f"LLM {llm!r} needs its API key in the environment variable {env_var!r}, "
+            f"which is not set (export {env_var}=...)"
+        )
+        self.llm = llm
+        self.env_var = env_var
+
+
+class LLMCallError(MasrError):
+    """A chat call failed for good: retries exhausted or a non-retryable error."""
+
+    def __init__(self, llm: str, reason: str, attempts: int):
+        super().__init__(f"call to LLM {llm!r} failed after {attempts} attempt(s): {reason}")
+        self.llm = llm
+        self.reason = reason
+        self.attempts = attempts
+
+
+class BudgetExceeded(MasrError):
+    """The next call could cost more than what is left of the run's ``max_usd`` cap.
+
+    The call is not made; everything finished before it is kept."""
+
+    def __init__(self, cap_usd: float, committed_usd: float, needed_usd: float, llm: str = ""):
+        who = f" for LLM {llm!r}" if llm else ""
+        super().__init__(
+            f"budget cap ${cap_usd:.6f} would be exceeded{who}: ${committed_usd:.6f} spent or "
+            f"reserved, the next call may cost up to ${needed_usd:.6f}"
+        )
+        self.cap_usd = cap_usd
+        self.committed_usd = committed_usd
+        self.needed_usd = needed_usd
+        self.llm = llm
+
+
+class UnknownLLMError(ConfigError, KeyError):
+    def __init__(self, name: str, known: list[str]):
+        super().__init__(f"unknown LLM {name!r}; the pool has: {', '.join(sorted(known))}")
+        self.name = name
+
+    def __str__(self) -> str:  # KeyError would otherwise repr() the message
+        return self.args[0]
+
+
+class TopologyError(ConfigError):
+    """A topology spec is invalid or a requested topology is not registered."""
+
+
+class RoleError(ConfigError):
+    """A role profile is invalid or a requested role is not known."""
+
+
+class DataError(MasrError, FileNotFoundError):
+    """A dataset file is missing or malformed; the message names the path and how to fix it."""
+
+
+class UnknownQueryError(MasrError, LookupError):
+    """The replay backend was asked about a query it has no recorded outcome for."""
+
+
+class RoutingError(MasrError):
+    """The router cannot produce a plan for the given input (e.g. an empty candidate set)."""
