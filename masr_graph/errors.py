@@ -53,6 +53,22 @@ class BudgetExceeded(MasrError):
         self.llm = llm
 
 
+class BatchBudgetExceeded(BudgetExceeded):
+    """A batch of queries stopped because the budget cap was reached.
+
+    ``results`` holds, in input order, every result finished before the stop and ``None`` for the
+    queries that did not finish; ``cause`` is the :class:`BudgetExceeded` that stopped the batch."""
+
+    def __init__(self, cause: BudgetExceeded, results: list):
+        super().__init__(cause.cap_usd, cause.committed_usd, cause.needed_usd, cause.llm)
+        finished = sum(r is not None for r in results)
+        self.args = (
+            f"{self.args[0]} ({finished} of {len(results)} queries finished before the stop)",
+        )
+        self.cause = cause
+        self.results = results
+
+
 class UnknownLLMError(ConfigError, KeyError):
     def __init__(self, name: str, known: list[str]):
         super().__init__(f"unknown LLM {name!r}; the pool has: {', '.join(sorted(known))}")
@@ -80,3 +96,14 @@ class UnknownQueryError(MasrError, LookupError):
 
 class RoutingError(MasrError):
     """The router cannot produce a plan for the given input (e.g. an empty candidate set)."""
+
+
+class LocalServerError(MasrError):
+    """A local llama.cpp server cannot be used: the server binary or a model file is missing, or
+    the server exited or did not become healthy in time (the message carries the tail of its
+    log)."""
+
+
+class SandboxError(MasrError, RuntimeError):
+    """The code sandbox itself could not be set up or torn down (not a failure of the sandboxed
+    code, which is reported in its ``SandboxResult``)."""

@@ -1,0 +1,63 @@
+"""The LLM layer: pool config, async chat over OpenAI-compatible endpoints, cache, budget, ledger.
+
+Typical use::
+
+    from masr_graph.llm import Budget, LLMPool, ResponseCache
+
+    async with ResponseCache("runs/cache.sqlite") as cache:
+        async with LLMPool.from_yaml("pool.yaml", cache=cache, budget=Budget(5.0)) as pool:
+            result = await pool.chat("gpt-4o-mini", [{"role": "user", "content": "2+2?"}])
+            print(result.text, result.record.cost_usd)
+            print(pool.ledger.summary())
+"""
+
+from .budget import Budget, Reservation
+from .cache import CachedResponse, ResponseCache, cache_key
+from .config import load_pool_config
+from .ledger import Ledger
+from .pool import LLMPool
+from .tokens import estimate_prompt_tokens, estimate_text_tokens, prompt_tokens_upper_bound
+from .transport import (
+    OpenAITransport,
+    TransientError,
+    TransportFactory,
+    register_transport,
+    transport_factory,
+)
+from .types import (
+    CallContext,
+    CallRecord,
+    ChatResult,
+    Completion,
+    LLMSpec,
+    Message,
+    Transport,
+    UsageTotals,
+)
+
+__all__ = [
+    "Budget",
+    "CachedResponse",
+    "CallContext",
+    "CallRecord",
+    "ChatResult",
+    "Completion",
+    "LLMPool",
+    "LLMSpec",
+    "Ledger",
+    "Message",
+    "OpenAITransport",
+    "Reservation",
+    "ResponseCache",
+    "TransientError",
+    "Transport",
+    "TransportFactory",
+    "UsageTotals",
+    "cache_key",
+    "estimate_prompt_tokens",
+    "estimate_text_tokens",
+    "load_pool_config",
+    "prompt_tokens_upper_bound",
+    "register_transport",
+    "transport_factory",
+]

@@ -103,6 +103,7 @@ class CallRecord:
     cached: bool
     usage_estimated: bool
     billed_failed_usd: float = 0.0
+    billed_failed_attempts: int = 0
     error: Optional[str] = None
     query_id: str = ""
     agent: Optional[int] = None
@@ -142,6 +143,10 @@ class UsageTotals:
     calls: int = 0
     cached_calls: int = 0
     failed_calls: int = 0
+    attempts: int = 0
+    estimated_usage_calls: int = 0
+    billed_failed_attempts: int = 0
+    billed_failed_usd: float = 0.0
     prompt_tokens: int = 0
     completion_tokens: int = 0
     cost_usd: float = 0.0

@@ -1,0 +1,115 @@
+"""Accounting of every chat call: totals per run, per query and per (query, agent), JSONL export.
+
+Token counts of a record are those of the reply (also for a cache hit, whose ``cost_usd`` is 0);
+money paid for failed attempts the provider billed is in ``billed_failed_usd`` and is part of
+``cost_usd``. ``would_have_cost_usd`` sums what the calls cost when they were first made, so
+``would_have_cost_usd - cost_usd`` is what the cache saved minus what failures added.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import threading
+from collections import defaultdict
+from dataclasses import fields
+from pathlib import Path
+from typing import Callable, Hashable, Iterable, Optional, TypeVar, Union
+
+from .types import CallRecord, UsageTotals
+
+K = TypeVar("K", bound=Hashable)
+
+_RECORD_FIELDS = {f.name for f in fields(CallRecord)}
+
+
+class Ledger:
+    """Thread-safe, append-only collection of :class:`CallRecord` s."""
+
+    def __init__(self, records: Iterable[CallRecord] = ()):
+        self._lock = threading.Lock()
+        self._records: list[CallRecord] = list(records)
+
+    def add(self, record: CallRecord) -> None:
+        """Append one call's record."""
+        with self._lock:
+            self._records.append(record)
+
+    @property
+    def records(self) -> list[CallRecord]:
+        """A snapshot of the records, in the order calls finished."""
+        with self._lock:
+            return list(self._records)
+
+    def __len__(self) -> int:
+        with self._lock:
+            return len(self._records)
+
+    def totals(self, where: Optional[Callable[[CallRecord], bool]] = None) -> UsageTotals:
+        """Totals over all records, or over those for which ``where(record)`` is true."""
+        return _sum(r for r in self.records if where is None or where(r))
+
+    def per_run(self) -> dict[str, UsageTotals]:
+        """Totals keyed by ``run_id``."""
+        return self._group_by(lambda r: r.run_id)
+
+    def per_query(self) -> dict[str, UsageTotals]:
+        """Totals keyed by ``query_id``."""
+        return self._group_by(lambda r: r.query_id)
+
+    def per_agent(self) -> dict[tuple[str, Optional[int]], UsageTotals]:
+        """Totals keyed by ``(query_id, agent)``; ``agent`` is ``None`` for decision nodes."""
+        return self._group_by(lambda r: (r.query_id, r.agent))
+
+    def _group_by(self, key: Callable[[CallRecord], K]) -> dict[K, UsageTotals]:
+        groups: dict[K, list[CallRecord]] = defaultdict(list)
+        for record in self.records:
+            groups[key(record)].append(record)
+        return {k: _sum(v) for k, v in groups.items()}
+
+    def summary(self) -> str:
+        """A human-readable summary of the totals over all records."""
+        t = self.totals()
+        return (
+            f"calls {t.calls} ({t.cached_calls} cached, {t.failed_calls} failed, "
+            f"{t.attempts} attempts, {t.estimated_usage_calls} with estimated usage) | "
+            f"tokens {t.prompt_tokens} in / {t.completion_tokens} out | "
+            f"cost ${t.cost_usd:.6f} (of which ${t.billed_failed_usd:.6f} for "
+            f"{t.billed_failed_attempts} billed failed attempts) | "
+            f"would have cost ${t.would_have_cost_usd:.6f} without the cache"
+        )
+
+    def to_jsonl(self, path: Union[str, "os.PathLike[str]"]) -> None:
+        """Write one JSON object per record to ``path`` (overwritten)."""
+        Path(path).write_text(
+            "".join(json.dumps(r.to_dict(), sort_keys=True) + "\n" for r in self.records),
+            encoding="utf-8",
+        )
+
+    @classmethod
+    def from_jsonl(cls, path: Union[str, "os.PathLike[str]"]) -> "Ledger":
+        """Read a ledger written by :meth:`to_jsonl`; unknown keys are ignored."""
+        records = []
+        for line in Path(path).read_text(encoding="utf-8").splitlines():
+            if line.strip():
+                data = json.loads(line)
+                records.append(CallRecord(**{k: v for k, v in data.items() if k in _RECORD_FIELDS}))
+        return cls(records)
+
+
+def _sum(records: Iterable[CallRecord]) -> UsageTotals:
+    totals = UsageTotals()
+    for r in records:
+        totals.calls += 1
+        totals.cached_calls += int(r.cached)
+        totals.failed_calls += int(r.error is not None)
+        totals.attempts += r.attempts
+        totals.estimated_usage_calls += int(r.usage_estimated)
+        totals.billed_failed_attempts += r.billed_failed_attempts
+        totals.billed_failed_usd += r.billed_failed_usd
+        totals.prompt_tokens += r.prompt_tokens
+        totals.completion_tokens += r.completion_tokens
+        totals.cost_usd += r.cost_usd
+        totals.would_have_cost_usd += r.would_have_cost_usd
+        totals.latency_s += r.latency_s
+    return totals

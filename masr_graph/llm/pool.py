@@ -1,0 +1,478 @@
+"""The LLM pool: every chat call of the library goes through :meth:`LLMPool.chat`.
+
+For one call the pool: validates the request; looks the reply up in the cache (a hit costs $0 and
+reports what the original call cost); otherwise makes up to ``max_attempts`` attempts through the
+LLM's transport — each attempt takes a slot of its endpoint's concurrency limit, reserves its
+worst-case cost in the budget, and runs under the LLM's ``timeout_s`` — backing off exponentially
+with jitter between transient failures, or as long as a ``Retry-After`` header asks. Success,
+failure, cache hit or budget refusal: every call appends one :class:`CallRecord` to the ledger.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import math
+import os
+import random
+import time
+import uuid
+from collections import defaultdict
+from dataclasses import dataclass
+from typing import Any, Iterable, Mapping, Optional, Sequence, Union
+
+from ..errors import BudgetExceeded, ConfigError, LLMCallError, MasrError, UnknownLLMError
+from .budget import Budget
+from .cache import CachedResponse, ResponseCache, cache_key
+from .config import load_pool_config
+from .ledger import Ledger
+from .tokens import estimate_prompt_tokens, estimate_text_tokens, prompt_tokens_upper_bound
+from .transport import TransientError, Transport, transport_factory, url_scheme
+from .types import CallContext, CallRecord, ChatResult, Completion, LLMSpec, Message
+
+log = logging.getLogger(__name__)
+
+MESSAGE_ROLES = ("system", "user", "assistant")
+MESSAGE_KEYS = ("role", "content")
+
+
+@dataclass
+class _Attempt:
+    """Outcome of one attempt: a completion, or the transient failure that ended it."""
+
+    cost_usd: float
+    completion: Optional[Completion] = None
+    usage: tuple[int, int, bool] = (0, 0, False)  # prompt tokens, completion tokens, estimated
+    failure: Optional[TransientError] = None
+
+
+class LLMPool:
+    """Named LLMs behind one async ``chat`` call, with cache, budget, retries and a ledger.
+
+    Args:
+        specs: the pool's LLMs (names must be unique), e.g. from :func:`load_pool_config`.
+        cache: reply cache; ``None`` sends every call to its endpoint. Identical calls running at
+            the same time are made once when a cache is set (the others wait and get a hit).
+        budget: spending cap for the run; ``None`` means no cap.
+        max_attempts: tries per call, the first included (>= 1).
+        backoff_base_s: backoff before the 2nd attempt; doubles each time, with jitter
+            (each wait is uniform in [½, 1] × its step).
+        backoff_max_s: longest wait between attempts; a ``Retry-After`` asking for more ends
+            the call instead.
+        run_id: id written into every record (unless the call's context sets one);
+            default: a fresh random id.
+
+    Concurrency: calls to one endpoint (``base_url``) run at most ``min(max_concurrency)`` over
+    the specs sharing it at a time, since a provider limits per account and endpoint rather than
+    per model name. The pool, its cache and budget belong to one event loop.
+
+    The pool does not own ``cache`` or ``budget``: :meth:`aclose` closes transports only.
+    """
+
+    def __init__(
+        self,
+        specs: Iterable[LLMSpec],
+        *,
+        cache: Optional[ResponseCache] = None,
+        budget: Optional[Budget] = None,
+        max_attempts: int = 4,
+        backoff_base_s: float = 0.5,
+        backoff_max_s: float = 30.0,
+        run_id: Optional[str] = None,
+    ):
+        spec_list = list(specs)
+        if not spec_list:
+            raise ConfigError("an LLM pool needs at least one LLM spec (got none)")
+        self._specs: dict[str, LLMSpec] = {}
+        for spec in spec_list:
+            if not isinstance(spec, LLMSpec):
+                raise ConfigError(f"pool members must be LLMSpec (got {type(spec).__name__})")
+            if spec.name in self._specs:
+                raise ConfigError(f"duplicate LLM name {spec.name!r} in the pool")
+            self._specs[spec.name] = spec
+        if isinstance(max_attempts, bool) or not isinstance(max_attempts, int) or max_attempts < 1:
+            raise ValueError(f"max_attempts must be an integer >= 1 (got {max_attempts!r})")
+        if not (0 <= backoff_base_s <= backoff_max_s and math.isfinite(backoff_max_s)):
+            raise ValueError(
+                "need 0 <= backoff_base_s <= backoff_max_s < inf "
+                f"(got backoff_base_s={backoff_base_s!r}, backoff_max_s={backoff_max_s!r})"
+            )
+        self.cache = cache
+        self.budget = budget
+        self.max_attempts = max_attempts
+        self.backoff_base_s = backoff_base_s
+        self.backoff_max_s = backoff_max_s
+        self.run_id = run_id or uuid.uuid4().hex[:12]
+        self._ledger = Ledger()
+        self._random = random.Random()
+        self._in_flight: dict[str, asyncio.Event] = {}
+
+        by_scheme: dict[str, list[LLMSpec]] = defaultdict(list)
+        for spec in spec_list:
+            by_scheme[url_scheme(spec.base_url)].append(spec)
+        factories = {scheme: transport_factory(scheme) for scheme in by_scheme}
+        transports = {scheme: factories[scheme](members) for scheme, members in by_scheme.items()}
+        self._transports: dict[str, Transport] = {
+            spec.name: transports[url_scheme(spec.base_url)] for spec in spec_list
+        }
+        self._distinct_transports = list(transports.values())
+
+        limits: dict[str, int] = {}
+        for spec in spec_list:
+            endpoint = _endpoint(spec)
+            limits[endpoint] = min(limits.get(endpoint, spec.max_concurrency), spec.max_concurrency)
+        self._slots = {endpoint: asyncio.Semaphore(n) for endpoint, n in limits.items()}
+
+    @classmethod
+    def from_yaml(cls, path: Union[str, "os.PathLike[str]"], **kwargs: Any) -> "LLMPool":
+        """A pool of the LLMs in a pool file (see :func:`load_pool_config`); ``kwargs`` as for
+        the constructor."""
+        return cls(load_pool_config(path), **kwargs)
+
+    @property
+    def specs(self) -> dict[str, LLMSpec]:
+        """The pool's LLMs by name, in pool order."""
+        return dict(self._specs)
+
+    @property
+    def ledger(self) -> Ledger:
+        """Records of every call made through this pool."""
+        return self._ledger
+
+    def endpoint_limit(self, llm: str) -> int:
+        """How many calls may be in flight at once to the endpoint of ``llm``."""
+        endpoint = _endpoint(self._spec(llm))
+        return min(s.max_concurrency for s in self._specs.values() if _endpoint(s) == endpoint)
+
+    def _spec(self, llm: str) -> LLMSpec:
+        spec = self._specs.get(llm)
+        if spec is None:
+            raise UnknownLLMError(llm, list(self._specs))
+        return spec
+
+    async def chat(
+        self,
+        llm: str,
+        messages: Sequence[Message],
+        *,
+        max_tokens: int = 512,
+        temperature: float = 0.0,
+        seed: Optional[int] = None,
+        context: CallContext = CallContext(),
+    ) -> ChatResult:
+        """Ask ``llm`` for a reply to ``messages``.
+
+        Args:
+            llm: name of a pool member.
+            messages: ``[{"role": "system"|"user"|"assistant", "content": str}, ...]``.
+            max_tokens: completion token limit sent to the provider; also sizes the budget
+                reservation.
+            temperature: sampling temperature in [0, 2].
+            seed: provider sampling seed, if any; part of the cache key.
+            context: who is calling (query, agent, round...); copied into the record, never
+                sent to a provider nor part of the cache key.
+
+        Returns:
+            The reply text and the call's :class:`CallRecord` (also appended to :attr:`ledger`).
+
+        Raises:
+            UnknownLLMError: ``llm`` is not in the pool.
+            ValueError: malformed ``messages`` or sampling parameters.
+            MissingAPIKeyError: the LLM's key variable is not set (not raised for cache hits).
+            BudgetExceeded: the next attempt could take the run over its cap; it is not made.
+            LLMCallError: retries exhausted or a permanent error (e.g. HTTP 400).
+        """
+        spec = self._spec(llm)
+        _check_request(messages, max_tokens, temperature, seed)
+        params: dict[str, Any] = {"max_tokens": max_tokens, "temperature": temperature}
+        if seed is not None:
+            params["seed"] = seed
+        started = time.perf_counter()
+        if self.cache is None:
+            return await self._call_endpoint(spec, messages, params, context, started, None)
+
+        key = cache_key(model=spec.model, base_url=spec.base_url, messages=messages, params=params)
+        # Single flight per key: a duplicate waits for the call in progress, then hits the cache.
+        while (in_progress := self._in_flight.get(key)) is not None:
+            await in_progress.wait()
+        self._in_flight[key] = done = asyncio.Event()
+        try:
+            hit = await self.cache.get(key)
+            if hit is not None:
+                record = self._record(
+                    spec,
+                    context,
+                    started,
+                    usage=(hit.prompt_tokens, hit.completion_tokens, hit.usage_estimated),
+                    cost_usd=0.0,
+                    would_have_cost_usd=hit.cost_usd,
+                    attempts=0,
+                    cached=True,
+                )
+                return ChatResult(hit.text, record)
+            return await self._call_endpoint(spec, messages, params, context, started, key)
+        finally:
+            del self._in_flight[key]
+            done.set()
+
+    async def _call_endpoint(
+        self,
+        spec: LLMSpec,
+        messages: Sequence[Message],
+        params: dict[str, Any],
+        context: CallContext,
+        started: float,
+        key: Optional[str],
+    ) -> ChatResult:
+        worst_usd = spec.cost_usd(prompt_tokens_upper_bound(messages), params["max_tokens"])
+        billed_usd = 0.0
+        billed_attempts = 0
+
+        def fail(reason: str, attempts: int) -> None:
+            self._record(
+                spec,
+                context,
+                started,
+                cost_usd=billed_usd,
+                would_have_cost_usd=billed_usd,
+                attempts=attempts,
+                billed_usd=billed_usd,
+                billed_attempts=billed_attempts,
+                error=reason,
+            )
+
+        reason = ""
+        attempt = 0
+        while attempt < self.max_attempts:
+            attempt += 1
+            try:
+                outcome = await self._attempt(spec, messages, params, context, worst_usd)
+            except BudgetExceeded as exc:
+                fail(f"budget: {exc}", attempt - 1)
+                raise
+            except MasrError as exc:
+                # Typed errors (missing key, replay lookups) pass through; nothing was sent.
+                fail(str(exc), attempt - 1)
+                raise
+            except Exception as exc:
+                raw_reason = f"{type(exc).__name__}: {exc}"
+                reason = _redact(raw_reason, spec)
+                fail(reason, attempt)
+                # A cause that quotes the key would put it in every printed traceback.
+                raise LLMCallError(spec.name, reason, attempt) from (
+                    exc if reason == raw_reason else None
+                )
+
+            if outcome.failure is None:
+                assert outcome.completion is not None
+                cost_usd = outcome.cost_usd + billed_usd
+                record = self._record(
+                    spec,
+                    context,
+                    started,
+                    usage=outcome.usage,
+                    cost_usd=cost_usd,
+                    would_have_cost_usd=cost_usd,
+                    attempts=attempt,
+                    billed_usd=billed_usd,
+                    billed_attempts=billed_attempts,
+                )
+                if self.cache is not None and key is not None:
+                    prompt_tokens, completion_tokens, estimated = outcome.usage
+                    await self.cache.put(
+                        key,
+                        spec.model,
+                        CachedResponse(
+                            outcome.completion.text,
+                            prompt_tokens,
+                            completion_tokens,
+                            estimated,
+                            cost_usd,
+                            outcome.completion.finish_reason,
+                        ),
+                    )
+                return ChatResult(outcome.completion.text, record)
+
+            failure = outcome.failure
+            if failure.billed is not None:
+                billed_usd += outcome.cost_usd
+                billed_attempts += 1
+            reason = _redact(failure.reason, spec)
+            if attempt == self.max_attempts:
+                break
+            delay = self._backoff_s(attempt, failure.retry_after)
+            if delay is None:
+                reason += (
+                    f"; the server asked to retry after {failure.retry_after:g}s, "
+                    f"more than backoff_max_s={self.backoff_max_s:g}"
+                )
+                break
+            log.warning(
+                "LLM %r attempt %d/%d failed (%s); retrying in %.2fs",
+                spec.name,
+                attempt,
+                self.max_attempts,
+                reason,
+                delay,
+            )
+            await asyncio.sleep(delay)
+        fail(reason, attempt)
+        raise LLMCallError(spec.name, reason, attempt)
+
+    async def _attempt(
+        self,
+        spec: LLMSpec,
+        messages: Sequence[Message],
+        params: dict[str, Any],
+        context: CallContext,
+        worst_usd: float,
+    ) -> _Attempt:
+        """One attempt inside an endpoint slot, with its budget reservation and timeout. Transient
+        failures are returned; permanent ones and :class:`BudgetExceeded` raise."""
+        async with self._slots[_endpoint(spec)]:
+            reservation = None
+            if self.budget is not None:
+                reservation = await self.budget.reserve(worst_usd, spec.name)
+            # Until the outcome is known, assume the worst: a cancelled or timed-out request may
+            # still be billed.
+            cost_usd = worst_usd
+            try:
+                try:
+                    completion = await asyncio.wait_for(
+                        self._transports[spec.name].complete(spec, messages, params, context),
+                        timeout=spec.timeout_s,
+                    )
+                except asyncio.TimeoutError as exc:
+                    raise TransientError(
+                        f"timeout after {spec.timeout_s:g}s", may_be_billed=True
+                    ) from exc
+                usage = _usage(messages, completion)
+                cost_usd = spec.cost_usd(usage[0], usage[1])
+                return _Attempt(cost_usd, completion=completion, usage=usage)
+            except TransientError as failure:
+                if failure.billed is not None:
+                    cost_usd = spec.cost_usd(*_usage(messages, failure.billed)[:2])
+                elif not failure.may_be_billed:
+                    cost_usd = 0.0
+                return _Attempt(cost_usd, failure=failure)
+            except Exception:
+                cost_usd = 0.0  # permanent errors (4xx, missing key) are not billed
+                raise
+            finally:
+                if reservation is not None:
+                    assert self.budget is not None
+                    self.budget.settle(reservation, cost_usd)
+
+    def _backoff_s(self, attempt: int, retry_after: Optional[float]) -> Optional[float]:
+        """Wait before attempt ``attempt + 1``; ``None`` when the server asks for too long."""
+        if retry_after is not None:
+            if retry_after > self.backoff_max_s:
+                return None
+            # A little jitter on top, so clients told the same instant do not return together.
+            return retry_after * (1.0 + 0.1 * self._random.random())
+        step = min(self.backoff_max_s, self.backoff_base_s * 2.0 ** (attempt - 1))
+        return step * (0.5 + 0.5 * self._random.random())
+
+    def _record(
+        self,
+        spec: LLMSpec,
+        context: CallContext,
+        started: float,
+        *,
+        cost_usd: float,
+        would_have_cost_usd: float,
+        attempts: int,
+        usage: tuple[int, int, bool] = (0, 0, False),
+        cached: bool = False,
+        billed_usd: float = 0.0,
+        billed_attempts: int = 0,
+        error: Optional[str] = None,
+    ) -> CallRecord:
+        """Build a call's record and append it to the ledger."""
+        prompt_tokens, completion_tokens, estimated = usage
+        record = CallRecord(
+            llm=spec.name,
+            model=spec.model,
+            prompt_tokens=prompt_tokens,
+            completion_tokens=completion_tokens,
+            cost_usd=cost_usd,
+            would_have_cost_usd=would_have_cost_usd,
+            latency_s=time.perf_counter() - started,
+            attempts=attempts,
+            cached=cached,
+            usage_estimated=estimated,
+            billed_failed_usd=billed_usd,
+            billed_failed_attempts=billed_attempts,
+            error=error,
+            query_id=context.query_id,
+            agent=context.agent,
+            round=context.round,
+            kind=context.kind,
+            run_id=context.run_id or self.run_id,
+        )
+        self._ledger.add(record)
+        return record
+
+    async def aclose(self) -> None:
+        """Close the transports (their HTTP connections). The cache and budget are the caller's."""
+        for transport in self._distinct_transports:
+            await transport.aclose()
+
+    async def __aenter__(self) -> "LLMPool":
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.aclose()
+
+
+def _endpoint(spec: LLMSpec) -> str:
+    return spec.base_url.rstrip("/")
+
+
+def _redact(text: str, spec: LLMSpec) -> str:
+    """``text`` with the LLM's API key blanked: some providers and proxies echo the credential
+    in error messages, which would otherwise reach logs, ledgers and tracebacks."""
+    key = os.environ.get(spec.api_key_env) if spec.api_key_env else None
+    return text.replace(key, "<redacted>") if key else text
+
+
+def _usage(messages: Sequence[Message], completion: Completion) -> tuple[int, int, bool]:
+    """Prompt and completion tokens of a completion, estimated where the provider gave none."""
+    estimated = completion.prompt_tokens is None or completion.completion_tokens is None
+    prompt_tokens = completion.prompt_tokens
+    if prompt_tokens is None:
+        prompt_tokens = estimate_prompt_tokens(messages)
+    completion_tokens = completion.completion_tokens
+    if completion_tokens is None:
+        completion_tokens = estimate_text_tokens(completion.text)
+    return prompt_tokens, completion_tokens, estimated
+
+
+def _check_request(
+    messages: Sequence[Message], max_tokens: int, temperature: float, seed: Optional[int]
+) -> None:
+    if isinstance(messages, (str, bytes)) or not isinstance(messages, Sequence) or not messages:
+        raise ValueError(
+            f"messages must be a non-empty list of chat messages (got {messages!r:.80})"
+        )
+    for index, message in enumerate(messages):
+        if (
+            not isinstance(message, Mapping)
+            or set(message) != set(MESSAGE_KEYS)
+            or message["role"] not in MESSAGE_ROLES
+            or not isinstance(message["content"], str)
+        ):
+            raise ValueError(
+                f"messages[{index}] must be {{'role': one of {list(MESSAGE_ROLES)}, "
+                f"'content': str}} (got {message!r:.120})"
+            )
+    if isinstance(max_tokens, bool) or not isinstance(max_tokens, int) or max_tokens < 1:
+        raise ValueError(f"max_tokens must be an integer >= 1 (got {max_tokens!r})")
+    if (
+        isinstance(temperature, bool)
+        or not isinstance(temperature, (int, float))
+        or not (0.0 <= temperature <= 2.0)
+    ):
+        raise ValueError(f"temperature must be a number in [0, 2] (got {temperature!r})")
+    if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int)):
+        raise ValueError(f"seed must be an integer or None (got {seed!r})")
