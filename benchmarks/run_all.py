@@ -1,0 +1,343 @@
+"""Train MasRouter per benchmark and compare it with the baselines on the test split.
+
+    python benchmarks/run_all.py                 # offline recorded-outcome pool (default)
+    python benchmarks/run_all.py --quick         # CI-sized run, a few minutes on 2 cores
+    python benchmarks/run_all.py --pool my_pool.yaml --benchmarks gsm8k --max-usd 5
+    python benchmarks/run_all.py --lambdas 0 100 1000 --seeds 0 1   # λ sweep → Pareto front
+
+Writes to ``--out`` (default ``runs/latest``): ``results.json``, ``results.md``, ``pareto.png``,
+``llm_distribution.png``, per-query traces ``traces/<benchmark>/<method>.jsonl``, the splits'
+ids ``splits/``, router checkpoints ``checkpoints/``, and the LLM response and score caches. A rerun
+with the same ``--out`` resumes: finished queries are read back, training resumes from its
+checkpoint, and repeated LLM calls come from the cache.
+"""
+from __future__ import annotations
+
+import argparse
+import asyncio
+import random
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Optional, Sequence
+
+from tqdm.auto import tqdm
+
+from masr_graph.benchmarks.baselines import (
+    FixedMode,
+    LearnedLLMRouter,
+    RandomPlans,
+    SingleLLM,
+    oracle_results,
+)
+from masr_graph.benchmarks.datasets import Example
+from masr_graph.benchmarks.pipeline import Pipeline, ScoreCache
+from masr_graph.benchmarks.registry import benchmark_names
+from masr_graph.benchmarks.results import (
+    MethodSummary,
+    QueryResult,
+    RunStore,
+    plot_llm_distribution,
+    plot_pareto,
+    results_markdown,
+    summarise,
+    write_results_json,
+)
+from masr_graph.benchmarks.splits import make_split, save_split, split_examples
+from masr_graph.errors import BatchBudgetExceeded, BudgetExceeded
+from masr_graph.llm import Budget, LLMPool, LLMSpec, ResponseCache, load_pool_config
+from masr_graph.router import MasRouter, NodeVocab, RouterConfig, TextEncoder, Trainer, TrainerConfig
+from masr_graph.runtime import MASExecutor
+from masr_graph.runtime.topology import topology_names
+
+REPLAY_BENCHMARKS = ("gsm8k", "math", "humaneval", "mbpp", "mmlu")
+
+
+@dataclass
+class RunSettings:
+    train_steps: int
+    batch_size: int
+    max_train: Optional[int]
+    max_test: Optional[int]
+
+
+def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0],
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog=__doc__.split("\n\n", 1)[1],
+    )
+    backend = parser.add_mutually_exclusive_group()
+    backend.add_argument("--replay", action="store_true", default=True,
+                         help="offline recorded-outcome pool (default)")
+    backend.add_argument("--pool", type=Path, help="a real OpenAI-compatible pool YAML file")
+    parser.add_argument("--benchmarks", nargs="+", default=list(REPLAY_BENCHMARKS),
+                        help="benchmarks to run (default: all five)")
+    parser.add_argument("--out", type=Path, default=Path("runs/latest"), help="output directory")
+    parser.add_argument("--data-dir", type=Path, default=None,
+                        help="data directory (default: $MASR_DATA_DIR, then ../shared/data)")
+    parser.add_argument("--quick", action="store_true",
+                        help="CI-sized run: small train/test samples and few training steps")
+    parser.add_argument("--seeds", nargs="+", type=int, default=[0], help="router training seeds")
+    parser.add_argument("--lambdas", nargs="+", type=float, default=[100.0],
+                        help="cost penalties λ (utility per $); several draw the Pareto front")
+    parser.add_argument("--max-usd", type=float, default=None,
+                        help="budget cap for the whole run; the call that would exceed it is not made")
+    parser.add_argument("--train-steps", type=int, default=None, help="router training steps")
+    parser.add_argument("--batch-size", type=int, default=None, help="router training batch size")
+    parser.add_argument("--max-train", type=int, default=None, help="cap on training queries per benchmark")
+    parser.add_argument("--max-test", type=int, default=None, help="cap on test queries per benchmark")
+    parser.add_argument("--split-seed", type=int, default=0, help="seed of the train/test splits")
+    parser.add_argument("--rule", default="stubborn", help="replay collaboration rule")
+    parser.add_argument("--no-baselines", action="store_true", help="only train and test MasRouter")
+    args = parser.parse_args(argv)
+    unknown = sorted(set(args.benchmarks) - set(benchmark_names()))
+    if unknown:
+        parser.error(f"unknown benchmark(s) {unknown}; choose from {benchmark_names()}")
+    return args
+
+
+def settings_for(args: argparse.Namespace) -> RunSettings:
+    quick = RunSettings(train_steps=30, batch_size=16, max_train=96, max_test=80)
+    full = RunSettings(train_steps=200, batch_size=32, max_train=None, max_test=None)
+    base = quick if args.quick else full
+    return RunSettings(
+        train_steps=args.train_steps if args.train_steps is not None else base.train_steps,
+        batch_size=args.batch_size or base.batch_size,
+        max_train=args.max_train if args.max_train is not None else base.max_train,
+        max_test=args.max_test if args.max_test is not None else base.max_test,
+    )
+
+
+def _sample(examples: list[Example], limit: Optional[int], seed: int) -> list[Example]:
+    if limit is None or len(examples) <= limit:
+        return examples
+    chosen = sorted(random.Random(seed).sample(range(len(examples)), limit))
+    return [examples[i] for i in chosen]
+
+
+def load_examples(args: argparse.Namespace, settings: RunSettings, out: Path
+                  ) -> dict[str, tuple[list[Example], list[Example]]]:
+    """(train, test) examples per benchmark, with the split ids saved under ``out/splits``."""
+    splits_dir = out / "splits"
+    splits_dir.mkdir(parents=True, exist_ok=True)
+    data: dict[str, tuple[list[Example], list[Example]]] = {}
+    if args.pool is None:
+        from masr_graph.replay import ReplayBenchmark
+
+        bench = ReplayBenchmark(seed=args.split_seed, data_dir=args.data_dir,
+                                split_file=splits_dir / "replay-llmrouter.json")
+        for name in args.benchmarks:
+            if name not in bench.tasks:
+                raise SystemExit(f"benchmark {name!r} has no recorded outcomes; the replay pool "
+                                 f"covers {list(bench.tasks)} (use --pool for others)")
+            data[name] = (bench.examples("train", name), bench.examples("test", name))
+    else:
+        for name in args.benchmarks:
+            split = make_split(name, seed=args.split_seed, data_dir=args.data_dir)
+            save_split(split, splits_dir / f"{name}.json")
+            data[name] = (split_examples(split, "train", args.data_dir),
+                          split_examples(split, "test", args.data_dir))
+    sampled = {}
+    for name, (train, test) in data.items():
+        train = _sample(train, settings.max_train, args.split_seed)
+        test = _sample(test, settings.max_test, args.split_seed + 1)
+        (splits_dir / f"{name}.used_ids.txt").write_text(
+            "\n".join(["# train"] + [e.id for e in train] + ["# test"] + [e.id for e in test]) + "\n")
+        sampled[name] = (train, test)
+    return sampled
+
+
+class Runner:
+    """Everything one ``run_all`` invocation shares: the pool, runtime, caches and result store."""
+
+    def __init__(self, args: argparse.Namespace, specs: list[LLMSpec], backend: dict[str, Any]):
+        self.args = args
+        self.out: Path = args.out
+        self.specs = specs
+        self.backend = backend
+        self.store = RunStore(self.out)
+        self.encoder = TextEncoder(cache_path=self.out / "embeddings.pt")
+        self.summaries: list[MethodSummary] = []
+        self.notes: list[str] = []
+
+    async def run(self, data: dict[str, tuple[list[Example], list[Example]]],
+                  settings: RunSettings) -> None:
+        cache = ResponseCache(self.out / "llm_cache.sqlite")
+        budget = Budget(self.args.max_usd) if self.args.max_usd is not None else None
+        pool = LLMPool(self.specs, cache=cache, budget=budget, run_id=f"run_all-{int(time.time())}")
+        scores = ScoreCache(self.out / "scores.sqlite")
+        executor = MASExecutor(pool, keep_messages=False, max_concurrent_queries=64)
+        self.pipeline = Pipeline(executor, scores=scores)
+        try:
+            for name, (train, test) in data.items():
+                await self.run_benchmark(name, train, test, settings)
+        except (BudgetExceeded, BatchBudgetExceeded) as stop:
+            self.notes.append(f"stopped by the budget cap: {stop}")
+            print(f"\n{stop}\nResults so far are kept; rerun with a higher --max-usd to resume.",
+                  file=sys.stderr)
+        finally:
+            await pool.aclose()
+            await cache.aclose()
+            scores.close()
+        totals = pool.ledger.totals()
+        self.notes.append(
+            f"LLM calls this invocation: {totals.calls} ({totals.cached_calls} from cache), "
+            f"${totals.cost_usd:.4f} spent, ${totals.would_have_cost_usd:.4f} without the cache"
+        )
+
+    async def method(self, name: str, method: Any, examples: list[Example], *, group: str,
+                     key: Optional[str] = None) -> list[QueryResult]:
+        label = key or method.name
+        bar = tqdm(total=len(examples), desc=f"{name}: {label}", leave=False)
+        try:
+            results = await self.pipeline.evaluate_method(
+                examples, method.plans(examples), benchmark=name, method=label, store=self.store,
+                progress=bar)
+        finally:
+            bar.close()
+        self.summaries.append(summarise(results, group=group))
+        return results
+
+    async def run_benchmark(self, name: str, train: list[Example], test: list[Example],
+                            settings: RunSettings) -> None:
+        llms = [spec.name for spec in self.specs]
+        print(f"\n== {name}: {len(train)} train / {len(test)} test queries, {len(llms)} LLMs")
+        # Single LLMs on train give the learned router its labels and pick the fixed-mode LLM.
+        train_single: dict[str, list[QueryResult]] = {}
+        for llm in llms:
+            train_single[llm] = await self.pipeline.evaluate_method(
+                train, SingleLLM(llm).plans(train), benchmark=f"{name}-train", method=f"{llm} (IO)",
+                store=self.store)
+        if not self.args.no_baselines:
+            test_single = {}
+            for llm in llms:
+                for mode in ("IO", "CoT"):
+                    results = await self.method(name, SingleLLM(llm, mode), test, group="single LLM")
+                    if mode == "IO":
+                        test_single[llm] = results
+            self.summaries.append(summarise(oracle_results(test_single), group="oracle"))
+            best = max(llms, key=lambda llm: (
+                sum(r.correct for r in train_single[llm]),
+                -sum(r.would_have_cost_usd for r in train_single[llm])))
+            for mode in topology_names():
+                if mode in ("IO", "CoT"):
+                    continue
+                await self.method(name, FixedMode(mode, best), test, group="fixed mode")
+            await self.method(name, RandomPlans(llms, seed=self.args.split_seed), test,
+                              group="baseline")
+            costs = {llm: sum(r.would_have_cost_usd for r in rs) / len(rs)
+                     for llm, rs in train_single.items()}
+            solved = {llm: {r.query_id: r.correct for r in rs} for llm, rs in train_single.items()}
+            for lam in self.args.lambdas:
+                learned = LearnedLLMRouter(self.encoder.encode, costs, cost_lambda=lam,
+                                           seed=self.args.split_seed).fit(train, solved)
+                await self.method(name, learned, test, group="learned LLM router")
+        for seed in self.args.seeds:
+            for lam in self.args.lambdas:
+                await self.masrouter(name, train, test, settings, seed=seed, lam=lam)
+
+    async def masrouter(self, name: str, train: list[Example], test: list[Example],
+                        settings: RunSettings, *, seed: int, lam: float) -> None:
+        import torch
+
+        label = f"MasRouter (λ={lam:g}, seed={seed})"
+        path = self.out / "checkpoints" / f"{name}-lam{lam:g}-seed{seed}.pt"
+
+        async def reward_fn(items, plans):
+            return await self.pipeline.rewards(items, plans, seed=seed)
+
+        if path.exists():
+            trainer = Trainer.resume(path, reward_fn, encoder=self.encoder)
+        else:
+            torch.manual_seed(seed)
+            vocab = NodeVocab.from_registries(self.specs)
+            router = MasRouter(RouterConfig(max_agents=4), encoder=self.encoder)
+            trainer = Trainer(router, vocab, reward_fn, TrainerConfig(
+                cost_lambda=lam, batch_size=settings.batch_size, seed=seed))
+        remaining = settings.train_steps - trainer.step_count
+        if remaining > 0:
+            history = await trainer.afit(train, remaining, checkpoint_path=path,
+                                         checkpoint_every=10, progress=True)
+            last = history[-min(10, len(history)):]
+            self.notes.append(
+                f"{name} {label}: trained {trainer.step_count} steps; last-10 mean reward "
+                f"{sum(s.reward for s in last) / len(last):.3f}, utility "
+                f"{sum(s.utility for s in last) / len(last):.3f}")
+        trainer.router.eval()
+
+        class Routed:
+            def __init__(self, router, vocab):
+                self.name, self.router, self.vocab = label, router, vocab
+
+            def plans(self, examples):
+                with torch.no_grad():
+                    return self.router.route([e.query for e in examples], self.vocab, greedy=True)
+
+        await self.method(name, Routed(trainer.router, trainer.vocab), test, group="MasRouter")
+
+
+def targets_markdown(summaries: Sequence[MethodSummary]) -> str:
+    """The issue's targets per benchmark: MasRouter vs best single LLM vs oracle."""
+    lines = ["", "## Targets (MasRouter vs best single LLM and oracle)", "",
+             "| benchmark | MasRouter | best single LLM | cheapest LLM | learned router | oracle | "
+             "cost ratio (≤ 0.5) | gap closed (≥ 70 %) |",
+             "|---|---|---|---|---|---|---:|---:|"]
+    for bench in sorted({s.benchmark for s in summaries}):
+        rows = [s for s in summaries if s.benchmark == bench]
+        single = [s for s in rows if s.group == "single LLM"]
+        routers = [s for s in rows if s.group == "MasRouter"]
+        oracle = [s for s in rows if s.group == "oracle"]
+        learned = [s for s in rows if s.group == "learned LLM router"]
+        if not (single and routers and oracle):
+            continue
+        best = max(single, key=lambda s: (s.accuracy, -s.usd_per_query))
+        cheapest = min(single, key=lambda s: (s.usd_per_query, -s.accuracy))
+        masr = max(routers, key=lambda s: (s.accuracy, -s.usd_per_query))
+        gap = oracle[0].accuracy - best.accuracy
+        closed = (masr.accuracy - best.accuracy) / gap if gap > 0 else float("nan")
+        cell = lambda s: f"{s.accuracy:.3f} @ ${s.usd_per_query:.2e} ({s.method})"  # noqa: E731
+        lines.append(
+            f"| {bench} | {cell(masr)} | {cell(best)} | {cell(cheapest)} | "
+            f"{cell(max(learned, key=lambda s: s.accuracy)) if learned else '–'} | {cell(oracle[0])} | "
+            f"{masr.usd_per_query / best.usd_per_query:.2f} | {closed:.0%} |")
+    return "\n".join(lines) + "\n"
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    args = parse_args(argv)
+    settings = settings_for(args)
+    args.out.mkdir(parents=True, exist_ok=True)
+    if args.pool is not None:
+        specs = load_pool_config(args.pool)
+        backend = {"backend": f"pool file {args.pool}", "llms": [s.name for s in specs]}
+    else:
+        from masr_graph.replay import backend_info, replay_specs
+
+        specs = replay_specs(args.data_dir, rule=args.rule)
+        backend = backend_info(specs)
+    started = time.perf_counter()
+    data = load_examples(args, settings, args.out)
+    runner = Runner(args, specs, backend)
+    asyncio.run(runner.run(data, settings))
+    meta = {
+        "backend": backend.get("backend"),
+        "collaboration rule": backend.get("collaboration_rule", "n/a (real LLMs)"),
+        "settings": f"{'quick' if args.quick else 'full'}; {settings}; seeds {args.seeds}; "
+                    f"λ {args.lambdas}; split seed {args.split_seed}",
+        "wall time": f"{time.perf_counter() - started:.0f} s",
+        **{f"note {i + 1}": note for i, note in enumerate(runner.notes)},
+    }
+    write_results_json(runner.summaries, args.out / "results.json", {**meta, "backend_info": backend})
+    markdown = results_markdown(runner.summaries, meta) + targets_markdown(runner.summaries)
+    (args.out / "results.md").write_text(markdown, encoding="utf-8")
+    plot_pareto(runner.summaries, args.out / "pareto.png")
+    plot_llm_distribution(runner.summaries, args.out / "llm_distribution.png")
+    print(markdown)
+    print(f"wrote {args.out}/results.md, results.json, pareto.png, llm_distribution.png, traces/")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
