@@ -15,14 +15,11 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import random
 import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Optional, Sequence
-
-from tqdm.auto import tqdm
 
 from masr_graph.benchmarks.baselines import (
     FixedMode,
@@ -32,7 +29,17 @@ from masr_graph.benchmarks.baselines import (
     oracle_results,
 )
 from masr_graph.benchmarks.datasets import Example
-from masr_graph.benchmarks.pipeline import Pipeline, ScoreCache
+from masr_graph.benchmarks.experiment import (
+    REPLAY_BENCHMARKS,
+    RoutedMethod,
+    Splits,
+    evaluate_method,
+    fit_trainer,
+    load_examples,
+    make_trainer,
+    open_runtime,
+    pool_specs,
+)
 from masr_graph.benchmarks.registry import benchmark_names
 from masr_graph.benchmarks.results import (
     MethodSummary,
@@ -44,14 +51,10 @@ from masr_graph.benchmarks.results import (
     summarise,
     write_results_json,
 )
-from masr_graph.benchmarks.splits import make_split, save_split, split_examples
-from masr_graph.errors import BatchBudgetExceeded, BudgetExceeded
-from masr_graph.llm import Budget, LLMPool, LLMSpec, ResponseCache, load_pool_config
-from masr_graph.router import MasRouter, NodeVocab, RouterConfig, TextEncoder, Trainer, TrainerConfig
-from masr_graph.runtime import MASExecutor
+from masr_graph.errors import BatchBudgetExceeded, BudgetExceeded, ConfigError
+from masr_graph.llm import LLMSpec
+from masr_graph.router import TextEncoder, TrainerConfig
 from masr_graph.runtime.topology import topology_names
-
-REPLAY_BENCHMARKS = ("gsm8k", "math", "humaneval", "mbpp", "mmlu")
 
 
 @dataclass
@@ -110,45 +113,6 @@ def settings_for(args: argparse.Namespace) -> RunSettings:
     )
 
 
-def _sample(examples: list[Example], limit: Optional[int], seed: int) -> list[Example]:
-    if limit is None or len(examples) <= limit:
-        return examples
-    chosen = sorted(random.Random(seed).sample(range(len(examples)), limit))
-    return [examples[i] for i in chosen]
-
-
-def load_examples(args: argparse.Namespace, settings: RunSettings, out: Path
-                  ) -> dict[str, tuple[list[Example], list[Example]]]:
-    """(train, test) examples per benchmark, with the split ids saved under ``out/splits``."""
-    splits_dir = out / "splits"
-    splits_dir.mkdir(parents=True, exist_ok=True)
-    data: dict[str, tuple[list[Example], list[Example]]] = {}
-    if args.pool is None:
-        from masr_graph.replay import ReplayBenchmark
-
-        bench = ReplayBenchmark(seed=args.split_seed, data_dir=args.data_dir,
-                                split_file=splits_dir / "replay-llmrouter.json")
-        for name in args.benchmarks:
-            if name not in bench.tasks:
-                raise SystemExit(f"benchmark {name!r} has no recorded outcomes; the replay pool "
-                                 f"covers {list(bench.tasks)} (use --pool for others)")
-            data[name] = (bench.examples("train", name), bench.examples("test", name))
-    else:
-        for name in args.benchmarks:
-            split = make_split(name, seed=args.split_seed, data_dir=args.data_dir)
-            save_split(split, splits_dir / f"{name}.json")
-            data[name] = (split_examples(split, "train", args.data_dir),
-                          split_examples(split, "test", args.data_dir))
-    sampled = {}
-    for name, (train, test) in data.items():
-        train = _sample(train, settings.max_train, args.split_seed)
-        test = _sample(test, settings.max_test, args.split_seed + 1)
-        (splits_dir / f"{name}.used_ids.txt").write_text(
-            "\n".join(["# train"] + [e.id for e in train] + ["# test"] + [e.id for e in test]) + "\n")
-        sampled[name] = (train, test)
-    return sampled
-
-
 class Runner:
     """Everything one ``run_all`` invocation shares: the pool, runtime, caches and result store."""
 
@@ -162,26 +126,18 @@ class Runner:
         self.summaries: list[MethodSummary] = []
         self.notes: list[str] = []
 
-    async def run(self, data: dict[str, tuple[list[Example], list[Example]]],
-                  settings: RunSettings) -> None:
-        cache = ResponseCache(self.out / "llm_cache.sqlite")
-        budget = Budget(self.args.max_usd) if self.args.max_usd is not None else None
-        pool = LLMPool(self.specs, cache=cache, budget=budget, run_id=f"run_all-{int(time.time())}")
-        scores = ScoreCache(self.out / "scores.sqlite")
-        executor = MASExecutor(pool, keep_messages=False, max_concurrent_queries=64)
-        self.pipeline = Pipeline(executor, scores=scores)
-        try:
-            for name, (train, test) in data.items():
-                await self.run_benchmark(name, train, test, settings)
-        except (BudgetExceeded, BatchBudgetExceeded) as stop:
-            self.notes.append(f"stopped by the budget cap: {stop}")
-            print(f"\n{stop}\nResults so far are kept; rerun with a higher --max-usd to resume.",
-                  file=sys.stderr)
-        finally:
-            await pool.aclose()
-            await cache.aclose()
-            scores.close()
-        totals = pool.ledger.totals()
+    async def run(self, data: Splits, settings: RunSettings) -> None:
+        async with open_runtime(self.specs, self.out, max_usd=self.args.max_usd,
+                                run_id=f"run_all-{int(time.time())}") as runtime:
+            self.pipeline = runtime.pipeline
+            try:
+                for name, (train, test) in data.items():
+                    await self.run_benchmark(name, train, test, settings)
+            except (BudgetExceeded, BatchBudgetExceeded) as stop:
+                self.notes.append(f"stopped by the budget cap: {stop}")
+                print(f"\n{stop}\nResults so far are kept; rerun with a higher --max-usd to "
+                      "resume.", file=sys.stderr)
+        totals = runtime.pool.ledger.totals()
         self.notes.append(
             f"LLM calls this invocation: {totals.calls} ({totals.cached_calls} from cache), "
             f"${totals.cost_usd:.4f} spent, ${totals.would_have_cost_usd:.4f} without the cache"
@@ -189,14 +145,8 @@ class Runner:
 
     async def method(self, name: str, method: Any, examples: list[Example], *, group: str,
                      key: Optional[str] = None) -> list[QueryResult]:
-        label = key or method.name
-        bar = tqdm(total=len(examples), desc=f"{name}: {label}", leave=False)
-        try:
-            results = await self.pipeline.evaluate_method(
-                examples, method.plans(examples), benchmark=name, method=label, store=self.store,
-                progress=bar)
-        finally:
-            bar.close()
+        results = await evaluate_method(self.pipeline, self.store, name, method, examples,
+                                        label=key)
         self.summaries.append(summarise(results, group=group))
         return results
 
@@ -240,42 +190,20 @@ class Runner:
 
     async def masrouter(self, name: str, train: list[Example], test: list[Example],
                         settings: RunSettings, *, seed: int, lam: float) -> None:
-        import torch
-
         label = f"MasRouter (λ={lam:g}, seed={seed})"
         path = self.out / "checkpoints" / f"{name}-lam{lam:g}-seed{seed}.pt"
-
-        async def reward_fn(items, plans):
-            return await self.pipeline.rewards(items, plans, seed=seed)
-
-        if path.exists():
-            trainer = Trainer.resume(path, reward_fn, encoder=self.encoder)
-        else:
-            torch.manual_seed(seed)
-            vocab = NodeVocab.from_registries(self.specs)
-            router = MasRouter(RouterConfig(max_agents=4), encoder=self.encoder)
-            trainer = Trainer(router, vocab, reward_fn, TrainerConfig(
-                cost_lambda=lam, batch_size=settings.batch_size, seed=seed))
-        remaining = settings.train_steps - trainer.step_count
-        if remaining > 0:
-            history = await trainer.afit(train, remaining, checkpoint_path=path,
-                                         checkpoint_every=10, progress=True)
+        trainer = make_trainer(self.specs, self.pipeline, path, encoder=self.encoder,
+                               config=TrainerConfig(cost_lambda=lam,
+                                                    batch_size=settings.batch_size, seed=seed))
+        history = await fit_trainer(trainer, train, steps=settings.train_steps, checkpoint=path)
+        if history:
             last = history[-min(10, len(history)):]
             self.notes.append(
                 f"{name} {label}: trained {trainer.step_count} steps; last-10 mean reward "
                 f"{sum(s.reward for s in last) / len(last):.3f}, utility "
                 f"{sum(s.utility for s in last) / len(last):.3f}")
-        trainer.router.eval()
-
-        class Routed:
-            def __init__(self, router, vocab):
-                self.name, self.router, self.vocab = label, router, vocab
-
-            def plans(self, examples):
-                with torch.no_grad():
-                    return self.router.route([e.query for e in examples], self.vocab, greedy=True)
-
-        await self.method(name, Routed(trainer.router, trainer.vocab), test, group="MasRouter")
+        await self.method(name, RoutedMethod(label, trainer.router, trainer.vocab), test,
+                          group="MasRouter")
 
 
 def targets_markdown(summaries: Sequence[MethodSummary]) -> str:
@@ -309,16 +237,15 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     args = parse_args(argv)
     settings = settings_for(args)
     args.out.mkdir(parents=True, exist_ok=True)
-    if args.pool is not None:
-        specs = load_pool_config(args.pool)
-        backend = {"backend": f"pool file {args.pool}", "llms": [s.name for s in specs]}
-    else:
-        from masr_graph.replay import backend_info, replay_specs
-
-        specs = replay_specs(args.data_dir, rule=args.rule)
-        backend = backend_info(specs)
+    specs, backend = pool_specs(args.pool, data_dir=args.data_dir, rule=args.rule)
     started = time.perf_counter()
-    data = load_examples(args, settings, args.out)
+    try:
+        data = load_examples(args.benchmarks, replay=args.pool is None,
+                             splits_dir=args.out / "splits", data_dir=args.data_dir,
+                             split_seed=args.split_seed, max_train=settings.max_train,
+                             max_test=settings.max_test)
+    except ConfigError as exc:
+        raise SystemExit(str(exc)) from None
     runner = Runner(args, specs, backend)
     asyncio.run(runner.run(data, settings))
     meta = {

@@ -1,0 +1,294 @@
+"""The wiring every experiment entry point shares (``benchmarks/run_all.py``, ``masr train``,
+``masr eval``, ``masr serve``): which LLM pool to use, which examples to train and test on, the
+runtime (response cache, budget, pool, executor, scoring pipeline), how a router is trained with
+checkpoints and how a method is evaluated into the resumable result store.
+
+Typical use::
+
+    specs, backend = pool_specs(None)                       # the offline replay pool
+    data = load_examples(["gsm8k"], replay=True, splits_dir=out / "splits", max_train=64)
+    async with open_runtime(specs, out, max_usd=1.0, run_id="demo") as runtime:
+        encoder = TextEncoder(cache_path=out / "embeddings.pt")
+        trainer = make_trainer(specs, runtime.pipeline, out / "router.pt", encoder=encoder)
+        await fit_trainer(trainer, data["gsm8k"][0], steps=30, checkpoint=out / "router.pt")
+        method = RoutedMethod("MasRouter", trainer.router, trainer.vocab)
+        results = await evaluate_method(runtime.pipeline, RunStore(out), "gsm8k", method,
+                                        data["gsm8k"][1])
+"""
+from __future__ import annotations
+
+import contextlib
+import random
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, AsyncIterator, Optional, Sequence
+
+import torch
+from tqdm.auto import tqdm
+
+from masr_graph.errors import ConfigError
+from masr_graph.llm import Budget, LLMPool, LLMSpec, ResponseCache, load_pool_config
+from masr_graph.plan import Plan
+from masr_graph.router import (
+    MasRouter,
+    NodeVocab,
+    RouterConfig,
+    StepStats,
+    TextEncoder,
+    Trainer,
+    TrainerConfig,
+    load_checkpoint,
+)
+from masr_graph.runtime import MASExecutor
+
+from .data_dir import PathLike
+from .datasets import Example
+from .pipeline import Pipeline, ScoreCache
+from .results import QueryResult, RunStore
+from .splits import make_split, save_split, split_examples
+
+REPLAY_BENCHMARKS: tuple[str, ...] = ("gsm8k", "math", "humaneval", "mbpp", "mmlu")
+"""The benchmarks the replay pool has recorded outcomes for."""
+
+DEFAULT_ROUTER_CONFIG = RouterConfig(max_agents=4)
+"""Router size of new training runs (at most 4 agents per plan, as in the paper's experiments)."""
+
+Splits = dict[str, tuple[list[Example], list[Example]]]
+
+
+def pool_specs(
+    pool_file: Optional[PathLike], *, data_dir: Optional[PathLike] = None, rule: str = "stubborn"
+) -> tuple[list[LLMSpec], dict[str, Any]]:
+    """The pool's LLMs and the description of the backend every result must carry.
+
+    Args:
+        pool_file: a pool YAML file (real OpenAI-compatible endpoints); ``None`` selects the
+            offline recorded-outcome (replay) pool.
+        data_dir: data directory of the replay outcomes (``None``: ``$MASR_DATA_DIR``, then
+            ``../shared/data``).
+        rule: replay collaboration rule.
+
+    Raises:
+        ConfigError: invalid pool file or unknown replay rule.
+        DataError: the replay outcome data is missing.
+    """
+    if pool_file is not None:
+        specs = load_pool_config(pool_file)
+        return specs, {"backend": f"pool file {pool_file}", "llms": [s.name for s in specs]}
+    from masr_graph.replay import backend_info, replay_specs
+
+    specs = replay_specs(data_dir, rule=rule)
+    return specs, backend_info(specs)
+
+
+def sample_examples(examples: list[Example], limit: Optional[int], seed: int) -> list[Example]:
+    """At most ``limit`` examples drawn without replacement (seeded), in their original order;
+    all of them when ``limit`` is ``None`` or not smaller than their number."""
+    if limit is None or len(examples) <= limit:
+        return examples
+    chosen = sorted(random.Random(seed).sample(range(len(examples)), limit))
+    return [examples[i] for i in chosen]
+
+
+def load_examples(
+    benchmarks: Sequence[str],
+    *,
+    replay: bool,
+    splits_dir: Path,
+    data_dir: Optional[PathLike] = None,
+    split_seed: int = 0,
+    max_train: Optional[int] = None,
+    max_test: Optional[int] = None,
+    used_ids_name: str = "used_ids",
+) -> Splits:
+    """``(train, test)`` examples per benchmark.
+
+    The splits are seeded and saved under ``splits_dir`` (a rerun with the same seed reads the
+    same split back), then sampled down to ``max_train`` / ``max_test``; the ids actually used go
+    to ``splits_dir/<benchmark>.<used_ids_name>.txt``.
+
+    Args:
+        benchmarks: benchmark names.
+        replay: use the replay benchmark's recorded queries (the replay pool can only answer
+            those); otherwise the benchmarks' own seeded splits.
+        split_seed: seed of the splits (the test sample uses ``split_seed + 1``).
+
+    Raises:
+        ConfigError: ``replay`` and a benchmark without recorded outcomes.
+        DataError: data files missing.
+    """
+    splits_dir.mkdir(parents=True, exist_ok=True)
+    data: Splits = {}
+    if replay:
+        from masr_graph.replay import ReplayBenchmark
+
+        bench = ReplayBenchmark(seed=split_seed, data_dir=data_dir,
+                                split_file=splits_dir / "replay-llmrouter.json")
+        for name in benchmarks:
+            if name not in bench.tasks:
+                raise ConfigError(f"benchmark {name!r} has no recorded outcomes; the replay pool "
+                                  f"covers {list(bench.tasks)} (use --pool for others)")
+            data[name] = (bench.examples("train", name), bench.examples("test", name))
+    else:
+        for name in benchmarks:
+            split = make_split(name, seed=split_seed, data_dir=data_dir)
+            save_split(split, splits_dir / f"{name}.json")
+            data[name] = (split_examples(split, "train", data_dir),
+                          split_examples(split, "test", data_dir))
+    sampled: Splits = {}
+    for name, (train, test) in data.items():
+        train = sample_examples(train, max_train, split_seed)
+        test = sample_examples(test, max_test, split_seed + 1)
+        ids = ["# train"] + [e.id for e in train] + ["# test"] + [e.id for e in test]
+        (splits_dir / f"{name}.{used_ids_name}.txt").write_text("\n".join(ids) + "\n")
+        sampled[name] = (train, test)
+    return sampled
+
+
+@dataclass
+class Runtime:
+    """What runs plans during an experiment: the pool (with its ledger), the executor and the
+    scoring pipeline."""
+
+    pool: LLMPool
+    executor: MASExecutor
+    pipeline: Pipeline
+
+
+@contextlib.asynccontextmanager
+async def open_runtime(
+    specs: Sequence[LLMSpec],
+    out: Path,
+    *,
+    run_id: str,
+    max_usd: Optional[float] = None,
+    max_concurrent_queries: int = 64,
+) -> AsyncIterator[Runtime]:
+    """The runtime of an experiment writing to ``out``: response cache ``out/llm_cache.sqlite``,
+    score cache ``out/scores.sqlite``, a budget capped at ``max_usd`` (``None``: no cap), the
+    pool, an executor that keeps no messages in traces, and the pipeline. Everything is closed on
+    exit; ``runtime.pool.ledger`` stays readable afterwards."""
+    cache = ResponseCache(out / "llm_cache.sqlite")
+    budget = Budget(max_usd) if max_usd is not None else None
+    pool = LLMPool(list(specs), cache=cache, budget=budget, run_id=run_id)
+    scores = ScoreCache(out / "scores.sqlite")
+    executor = MASExecutor(pool, keep_messages=False, max_concurrent_queries=max_concurrent_queries)
+    try:
+        yield Runtime(pool, executor, Pipeline(executor, scores=scores))
+    finally:
+        await pool.aclose()
+        await cache.aclose()
+        scores.close()
+
+
+def vocab_for_pool(trained_on: NodeVocab, specs: Sequence[LLMSpec]) -> NodeVocab:
+    """The vocabulary to route over ``specs`` with a router trained on ``trained_on``: the
+    trained tasks, the installed modes and roles (what the runtime can execute now) and the
+    pool's LLMs. The router has no parameter tied to a node, so the pool may differ from the
+    one it was trained on."""
+    return NodeVocab.from_registries(specs, tasks=trained_on.tasks)
+
+
+def make_trainer(
+    specs: Sequence[LLMSpec],
+    pipeline: Pipeline,
+    checkpoint: Path,
+    *,
+    encoder: TextEncoder,
+    config: Optional[TrainerConfig] = None,
+    init_from: Optional[Path] = None,
+) -> Trainer:
+    """A trainer whose rewards come from running plans through ``pipeline``.
+
+    If ``checkpoint`` exists the run saved there is resumed exactly (its stored trainer config
+    wins over ``config``); otherwise a new router is trained over ``specs``: seeded by
+    ``config.seed``, with :data:`DEFAULT_ROUTER_CONFIG`, or with the weights (and router config)
+    of the checkpoint ``init_from`` and a fresh optimizer.
+
+    Raises:
+        ConfigError: an unreadable checkpoint, or one holding no trainer state.
+    """
+    config = config or TrainerConfig()
+    seed = config.seed
+
+    async def reward_fn(items: Sequence[Example], plans: Sequence[Plan]
+                        ) -> list[tuple[float, float]]:
+        return await pipeline.rewards(items, plans, seed=seed)
+
+    if checkpoint.exists():
+        return Trainer.resume(checkpoint, reward_fn, encoder=encoder)
+    torch.manual_seed(seed)
+    if init_from is not None:
+        start = load_checkpoint(init_from, encoder=encoder)
+        router, vocab = start.router, vocab_for_pool(start.vocab, specs)
+    else:
+        router = MasRouter(DEFAULT_ROUTER_CONFIG, encoder=encoder)
+        vocab = NodeVocab.from_registries(specs)
+    return Trainer(router, vocab, reward_fn, config)
+
+
+async def fit_trainer(
+    trainer: Trainer,
+    train: Sequence[Example],
+    *,
+    steps: int,
+    checkpoint: Path,
+    checkpoint_every: int = 10,
+    progress: bool = True,
+) -> list[StepStats]:
+    """Train until ``trainer.step_count == steps`` (a resumed run does only what is left),
+    saving to ``checkpoint`` every ``checkpoint_every`` steps and at the end.
+
+    Returns:
+        The stats of the steps run now (empty when nothing was left to do).
+    """
+    remaining = steps - trainer.step_count
+    if remaining <= 0:
+        return []
+    return await trainer.afit(train, remaining, checkpoint_path=checkpoint,
+                              checkpoint_every=checkpoint_every, progress=progress)
+
+
+class RoutedMethod:
+    """A trained router as a benchmark method: greedy plans over ``vocab``.
+
+    Args:
+        name: display name (also the key of its results in the :class:`RunStore`).
+        router: the router (put in eval mode).
+        vocab: the vocabulary to route over.
+    """
+
+    group = "MasRouter"
+
+    def __init__(self, name: str, router: MasRouter, vocab: NodeVocab):
+        self.name, self.router, self.vocab = name, router, vocab
+        router.eval()
+
+    def plans(self, examples: Sequence[Example]) -> list[Plan]:
+        return self.router.route([e.query for e in examples], self.vocab, greedy=True)
+
+
+async def evaluate_method(
+    pipeline: Pipeline,
+    store: RunStore,
+    benchmark: str,
+    method: Any,
+    examples: Sequence[Example],
+    *,
+    label: Optional[str] = None,
+    progress: bool = True,
+) -> list[QueryResult]:
+    """Run and score ``method``'s plans on ``examples`` into ``store`` under ``label`` (default
+    ``method.name``), resuming queries already stored, with a tqdm bar.
+
+    Raises:
+        BatchBudgetExceeded: the budget cap stopped the run; finished queries are stored.
+    """
+    label = label or method.name
+    bar = tqdm(total=len(examples), desc=f"{benchmark}: {label}", leave=False, disable=not progress)
+    try:
+        return await pipeline.evaluate_method(
+            examples, method.plans(examples), benchmark=benchmark, method=label, store=store,
+            progress=bar)
+    finally:
+        bar.close()

@@ -1,0 +1,291 @@
+"""`masr serve` against real clients: the `masr` server runs as a subprocess on 127.0.0.1 (a free
+port), the `openai` SDK talks to it, and raw HTTP requests probe validation. A second server runs
+in-process over a real HTTP LLM pool (the loopback server) for free-form queries, keyless LLMs and
+the budget cap."""
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import secrets
+import signal
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+from typing import Any, Iterator, Optional
+
+import openai
+import pytest
+import torch
+
+from masr_graph.benchmarks.experiment import DEFAULT_ROUTER_CONFIG
+from masr_graph.llm import LLMPool, LLMSpec
+from masr_graph.plan import Plan
+from masr_graph.replay import ReplayBenchmark, replay_specs
+from masr_graph.router import MasRouter, NodeVocab, save_checkpoint
+from masr_graph.runtime import MASExecutor
+from masr_graph.serve import domain_answer_key, serve
+
+from loopback_server import LoopbackServer
+
+KEY_ENV = "MASR_TEST_SERVER_KEY"
+STARTUP_TIMEOUT_S = 180.0
+
+
+@pytest.fixture(scope="module")
+def checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """An untrained router over the replay pool: routing needs valid plans, not good ones."""
+    torch.manual_seed(0)
+    path = tmp_path_factory.mktemp("serve") / "router.pt"
+    return save_checkpoint(path, MasRouter(DEFAULT_ROUTER_CONFIG),
+                           NodeVocab.from_registries(replay_specs()))
+
+
+class Server:
+    def __init__(self, base_url: str, key: str):
+        self.base_url, self.key = base_url, key
+
+    def client(self, key: Optional[str] = None, **kw: Any) -> openai.OpenAI:
+        return openai.OpenAI(base_url=self.base_url, api_key=key or self.key, max_retries=0, **kw)
+
+    def raw(self, method: str, path: str, body: Optional[bytes] = None,
+            headers: Optional[dict[str, str]] = None) -> tuple[int, dict[str, str], Any]:
+        """One HTTP request without any SDK; returns status, headers and the parsed JSON body."""
+        request = urllib.request.Request(self.base_url.removesuffix("/v1") + path, data=body,
+                                         method=method, headers=headers or {})
+        try:
+            with urllib.request.urlopen(request, timeout=60) as response:
+                return response.status, dict(response.headers), json.loads(response.read())
+        except urllib.error.HTTPError as error:
+            return error.code, dict(error.headers), json.loads(error.read())
+
+
+@pytest.fixture(scope="module")
+def server(checkpoint: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
+    """`masr serve` on the replay pool with bearer auth, as a subprocess on a free port."""
+    logs = tmp_path_factory.mktemp("serve-logs")
+    key = "sk-test-" + secrets.token_hex(16)
+    env = {**os.environ, KEY_ENV: key}
+    with open(logs / "stdout", "w") as out, open(logs / "stderr", "w") as err:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "masr_graph.cli", "serve", "--checkpoint", str(checkpoint),
+             "--replay", "--host", "127.0.0.1", "--port", "0", "--api-key-env", KEY_ENV],
+            stdout=out, stderr=err, env=env)
+    deadline = time.monotonic() + STARTUP_TIMEOUT_S
+    base_url = None
+    while base_url is None:
+        text = (logs / "stdout").read_text()
+        if "listening on " in text:
+            base_url = text.split("listening on ", 1)[1].split()[0]
+        elif process.poll() is not None or time.monotonic() > deadline:
+            process.kill()
+            pytest.fail(f"masr serve did not start: {(logs / 'stderr').read_text()[-2000:]}")
+        else:
+            time.sleep(0.2)
+    yield Server(base_url, key)
+    process.send_signal(signal.SIGTERM)
+    assert process.wait(timeout=60) == 0
+    output = (logs / "stdout").read_text() + (logs / "stderr").read_text()
+    assert "stopped after" in output
+    assert key not in output, "the bearer token leaked into the server's output"
+
+
+@pytest.fixture(scope="module")
+def recorded() -> list:
+    return ReplayBenchmark().examples("test")
+
+
+def test_models_lists_masr(server: Server) -> None:
+    client = server.client()
+    assert [model.id for model in client.models.list()] == ["masr"]
+    assert client.models.retrieve("masr").owned_by == "masr_graph"
+    with pytest.raises(openai.NotFoundError) as info:
+        client.models.retrieve("gpt-4o")
+    assert info.value.body["code"] == "model_not_found"
+
+
+def test_completion_usage_is_the_trace_sum_and_replays_exactly(server: Server, recorded: list
+                                                               ) -> None:
+    example = recorded[0]
+    reply = server.client().chat.completions.create(
+        model="masr",
+        messages=[{"role": "system", "content": "ignored"},
+                  {"role": "user", "content": example.query}],
+        extra_body={"masr_include_trace": True})
+    trace = reply.masr_trace
+    calls = trace["steps"] + ([trace["decision"]["call"]] if trace["decision"]["call"] else [])
+    assert reply.usage.prompt_tokens == sum(c["prompt_tokens"] for c in calls) > 0
+    assert reply.usage.completion_tokens == sum(c["completion_tokens"] for c in calls) > 0
+    assert reply.usage.total_tokens == reply.usage.prompt_tokens + reply.usage.completion_tokens
+    assert reply.masr_run["calls"] == len(calls)
+    assert reply.masr_run["cost_usd"] == pytest.approx(sum(c["cost_usd"] for c in calls))
+    plan = Plan.from_dict(reply.masr_plan)
+    assert trace["plan"] == reply.masr_plan
+    assert len(trace["steps"]) >= plan.k
+    assert set(plan.llms) <= {spec.name for spec in replay_specs()}
+    assert set(plan.probs) == {"task", "mode", "k", "roles", "llms"}
+    assert reply.choices[0].message.content == trace["final_answer"] != ""
+    assert reply.model == "masr" and reply.object == "chat.completion"
+
+    # The same plan run here, independently of the server, gives the same answer and usage.
+    async def rerun():
+        pool = LLMPool(replay_specs())
+        try:
+            return await MASExecutor(pool).run(
+                example.query, plan, query_id=reply.masr_run["query_id"], task=plan.task,
+                answer_key=domain_answer_key(plan.task), seed=reply.masr_run["seed"])
+        finally:
+            await pool.aclose()
+
+    local = asyncio.run(rerun())
+    assert local.final_answer == reply.choices[0].message.content
+    assert local.totals()["prompt_tokens"] == reply.usage.prompt_tokens
+    assert local.totals()["completion_tokens"] == reply.usage.completion_tokens
+
+
+def test_auth_is_required(server: Server) -> None:
+    with pytest.raises(openai.AuthenticationError) as info:
+        server.client(key="sk-wrong").models.list()
+    assert info.value.status_code == 401
+    assert info.value.body["code"] == "invalid_api_key"
+    status, headers, body = server.raw("GET", "/v1/models")
+    assert status == 401
+    assert set(body["error"]) == {"message", "type", "param", "code"}
+    assert "Bearer" in body["error"]["message"]
+    status, _, body = server.raw("GET", "/health")
+    assert status == 200 and body["status"] == "ok"
+
+
+@pytest.mark.parametrize("payload, param, code", [
+    (b"{not json", None, "invalid_json"),
+    (b"[1, 2]", None, "invalid_json"),
+    (json.dumps({"model": "masr"}).encode(), "messages", "missing_required_parameter"),
+    (json.dumps({"messages": [{"role": "user", "content": "hi"}]}).encode(), "model",
+     "missing_required_parameter"),
+    (json.dumps({"model": "masr", "messages": []}).encode(), "messages", "invalid_type"),
+    (json.dumps({"model": "masr", "messages": [{"role": "robot", "content": "x"}]}).encode(),
+     "messages[0]", "invalid_value"),
+    (json.dumps({"model": "masr", "messages": [{"role": "user", "content": 5}]}).encode(),
+     "messages[0].content", "invalid_type"),
+    (json.dumps({"model": "masr", "messages": [{"role": "user", "content": "x"}],
+                 "tools": []}).encode(), "tools", "unknown_parameter"),
+    (json.dumps({"model": "masr", "messages": [{"role": "user", "content": "x"}],
+                 "temperature": "hot"}).encode(), "temperature", "invalid_type"),
+])
+def test_malformed_requests_get_openai_errors(server: Server, payload: bytes,
+                                               param: Optional[str], code: str) -> None:
+    status, headers, body = server.raw(
+        "POST", "/v1/chat/completions", payload,
+        {"Authorization": f"Bearer {server.key}", "Content-Type": "application/json"})
+    assert status == 400
+    assert body["error"]["type"] == "invalid_request_error"
+    assert (body["error"]["param"], body["error"]["code"]) == (param, code)
+    assert body["error"]["message"]
+    assert headers.get("x-should-retry") == "false"
+
+
+def test_bad_requests_through_the_sdk(server: Server, recorded: list) -> None:
+    client = server.client()
+    query = recorded[1].query
+    with pytest.raises(openai.NotFoundError, match="'gpt-4o' does not exist"):
+        client.chat.completions.create(model="gpt-4o",
+                                       messages=[{"role": "user", "content": query}])
+    with pytest.raises(openai.BadRequestError, match="no message with role 'user'"):
+        client.chat.completions.create(model="masr",
+                                       messages=[{"role": "system", "content": query}])
+    with pytest.raises(openai.BadRequestError, match="stream=true is not supported"):
+        client.chat.completions.create(model="masr", stream=True,
+                                       messages=[{"role": "user", "content": query}])
+    with pytest.raises(openai.BadRequestError, match="only n=1"):
+        client.chat.completions.create(model="masr", n=2,
+                                       messages=[{"role": "user", "content": query}])
+    with pytest.raises(openai.BadRequestError, match="only text is supported"):
+        client.chat.completions.create(model="masr", messages=[{"role": "user", "content": [
+            {"type": "image_url", "image_url": {"url": "http://x/y.png"}}]}])
+    with pytest.raises(openai.BadRequestError) as info:
+        client.chat.completions.create(
+            model="masr", messages=[{"role": "user", "content": "What is the capital of Oz?"}])
+    assert info.value.body["code"] == "unknown_query"
+    assert "recorded queries" in info.value.body["message"]
+    # Text parts are joined into the query; the server still works after the errors.
+    ok = client.chat.completions.create(model="masr", messages=[
+        {"role": "user", "content": [{"type": "text", "text": query}]}])
+    assert ok.choices[0].message.content
+
+
+def test_200_concurrent_requests_all_succeed(server: Server, recorded: list) -> None:
+    examples = recorded[2:202]
+    assert len(examples) == 200
+
+    async def load() -> tuple[list, float]:
+        client = openai.AsyncOpenAI(base_url=server.base_url, api_key=server.key, max_retries=0,
+                                    timeout=120)
+        started = time.perf_counter()
+        try:
+            replies = await asyncio.gather(*(
+                client.chat.completions.create(
+                    model="masr", messages=[{"role": "user", "content": e.query}])
+                for e in examples))
+        finally:
+            await client.close()
+        return replies, time.perf_counter() - started
+
+    _, _, before = server.raw("GET", "/health")
+    replies, wall_s = asyncio.run(load())
+    _, _, after = server.raw("GET", "/health")
+    assert all(r.choices[0].message.content and r.usage.total_tokens > 0 for r in replies)
+    assert len({r.id for r in replies}) == 200
+    assert len({r.masr_run["query_id"] for r in replies}) == 200
+    batches = after["router_batches"] - before["router_batches"]
+    assert after["routed_queries"] - before["routed_queries"] == 200
+    print(f"\n200 concurrent routed completions on the replay pool: {wall_s:.2f} s wall, "
+          f"{200 / wall_s:.0f} req/s, {batches} router forward passes, "
+          f"{sum(r.masr_run['calls'] for r in replies)} LLM calls")
+    assert batches < 200  # concurrent queries shared forward passes
+
+
+async def test_free_form_queries_over_an_http_pool_with_keyless_llm_and_budget(
+        checkpoint: Path) -> None:
+    """In-process `serve()` over the loopback server: queries need not be recorded, an LLM whose
+    key variable is unset is never routed to, and the budget cap turns into 429."""
+    os.environ.pop("MASR_TEST_UNSET_KEY", None)
+    with LoopbackServer(responder=lambda body: "The answer is 42.") as upstream:
+        specs = [
+            LLMSpec(name="loop-small", model="small", base_url=upstream.base_url, price_in=0.1,
+                    price_out=0.2, description="A small, cheap general model for easy questions."),
+            LLMSpec(name="loop-large", model="large", base_url=upstream.base_url, price_in=5.0,
+                    price_out=15.0, description="A large, expensive model for hard reasoning."),
+            LLMSpec(name="keyless", model="k", base_url=upstream.base_url, price_in=0.1,
+                    price_out=0.1, api_key_env="MASR_TEST_UNSET_KEY",
+                    description="A model whose API key is not available."),
+        ]
+        for max_usd, expect_ok in ((None, True), (1e-9, False)):
+            ready: asyncio.Queue[str] = asyncio.Queue()
+            stop = asyncio.Event()
+            task = asyncio.create_task(serve(checkpoint, specs, port=0, max_usd=max_usd,
+                                             ready=ready.put_nowait, stop=stop))
+            line = await asyncio.wait_for(ready.get(), timeout=STARTUP_TIMEOUT_S)
+            base_url = line.split("listening on ", 1)[1].split()[0]
+            assert "2 LLMs" in line
+            client = openai.AsyncOpenAI(base_url=base_url, api_key="unused", max_retries=0)
+            try:
+                if expect_ok:
+                    reply = await client.chat.completions.create(
+                        model="masr", messages=[{"role": "user", "content": "What is 6 x 7?"}])
+                    assert reply.choices[0].message.content == "The answer is 42."
+                    assert set(reply.masr_plan["llms"]) <= {"loop-small", "loop-large"}
+                    assert reply.usage.prompt_tokens > 0
+                else:
+                    with pytest.raises(openai.RateLimitError) as info:
+                        await client.chat.completions.create(
+                            model="masr", messages=[{"role": "user", "content": "What is 6 x 7?"}])
+                    assert info.value.body["type"] == "insufficient_quota"
+                    assert "budget cap" in info.value.body["message"]
+            finally:
+                await client.close()
+                stop.set()
+                await task
+        assert not any(r["model"] == "k" for r in upstream.requests)
