@@ -88,7 +88,7 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     parser.add_argument("--max-usd", type=float, default=None,
                         help="budget cap for the whole run; the call that would exceed it is not made")
     parser.add_argument("--train-steps", type=int, default=None, help="router training steps")
-    parser.add_argument("--batch-size", type=int, default=None, help="router training batch size")
+    parser.add_argument("--batch-size", type=int, default=None, help="distinct queries per router training step (each sampled several times)")
     parser.add_argument("--max-train", type=int, default=None, help="cap on training queries per benchmark")
     parser.add_argument("--max-test", type=int, default=None, help="cap on test queries per benchmark")
     parser.add_argument("--split-seed", type=int, default=0, help="seed of the train/test splits")
@@ -102,8 +102,8 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
 
 
 def settings_for(args: argparse.Namespace) -> RunSettings:
-    quick = RunSettings(train_steps=30, batch_size=16, max_train=96, max_test=80)
-    full = RunSettings(train_steps=200, batch_size=32, max_train=None, max_test=None)
+    quick = RunSettings(train_steps=80, batch_size=8, max_train=96, max_test=80)
+    full = RunSettings(train_steps=150, batch_size=16, max_train=None, max_test=None)
     base = quick if args.quick else full
     return RunSettings(
         train_steps=args.train_steps if args.train_steps is not None else base.train_steps,

@@ -9,8 +9,8 @@ import torch
 
 from masr_graph import ConfigError
 from masr_graph.router import (
-    LLMNode, MasRouter, RewardError, RouterConfig, Trainer, TrainerConfig, load_checkpoint,
-    save_checkpoint,
+    LLMNode, MasRouter, RewardBaseline, RewardError, RouterConfig, Trainer, TrainerConfig,
+    load_checkpoint, save_checkpoint,
 )
 
 from router_support import QUERIES, one_torch_thread, shared_encoder, small_vocab
@@ -185,13 +185,50 @@ def test_bad_rewards_are_refused(returned, message):
     vocab = small_vocab()
     torch.manual_seed(0)
     router = MasRouter(RouterConfig(hidden_dim=32, heads=2), encoder=shared_encoder())
-    trainer = Trainer(router, vocab, lambda items, plans: returned)
+    trainer = Trainer(router, vocab, lambda items, plans: returned,
+                      TrainerConfig(samples_per_query=1, baseline="batch_mean"))
     with pytest.raises(RewardError, match=message):
         trainer.step(ITEMS)
 
 
 def test_trainer_config_is_validated():
-    with pytest.raises(ConfigError, match="baseline is 'median'; allowed: task_ema, batch_mean"):
+    with pytest.raises(ConfigError,
+                       match="baseline is 'median'; allowed: query_mean, task_ema, batch_mean"):
         TrainerConfig(baseline="median")
+    with pytest.raises(ConfigError, match="needs samples_per_query >= 2 \\(got 1\\)"):
+        TrainerConfig(samples_per_query=1)
+    with pytest.raises(ConfigError, match="samples_per_query must be >= 1 \\(got 0\\)"):
+        TrainerConfig(samples_per_query=0, baseline="none")
     with pytest.raises(ConfigError, match="cost_lambda"):
         TrainerConfig(cost_lambda=-1.0)
+
+
+def test_query_mean_baseline_compares_plans_of_the_same_query_only():
+    baseline = RewardBaseline("query_mean")
+    rewards = torch.tensor([1.0, 0.0, 0.0, 0.9, 0.9, 0.3, 0.7])
+    keys = ["hard", "hard", "hard", "easy", "easy", "alone", "hard"]
+    # Leave-one-out: each plan against the mean of the other plans of its query; a query
+    # sampled once carries no comparison and gets no advantage.
+    expected = torch.tensor([1.0 - 0.7 / 3, -1.7 / 3, -1.7 / 3, 0.0, 0.0, 0.0, 0.7 - 1.0 / 3])
+    torch.testing.assert_close(baseline.advantages(rewards, keys), expected)
+
+
+def test_each_step_samples_several_plans_per_query_and_centres_them_per_query():
+    vocab = small_vocab()
+    seen = []
+
+    def reward(items, plans):
+        seen.append([item["query"] for item in items])
+        # Query difficulty dominates (the first query is always solved, the others never);
+        # within a query a cheaper plan is better.
+        return [(1.0 if item["query"] == QUERIES[0] else 0.0, 1e-6 * plan.k)
+                for item, plan in zip(items, plans)]
+
+    torch.manual_seed(0)
+    router = MasRouter(RouterConfig(hidden_dim=32, heads=2), encoder=shared_encoder())
+    trainer = Trainer(router, vocab, reward, TrainerConfig(batch_size=3, samples_per_query=4))
+    stats = trainer.step(ITEMS[:3])
+    assert seen == [[item["query"] for item in ITEMS[:3] for _ in range(4)]]
+    # Difficulty is removed from the advantages: what is left is the per-query cost spread,
+    # orders of magnitude below the 0/1 spread of the rewards.
+    assert stats.advantage_std < 1e-3 < stats.reward

@@ -17,6 +17,14 @@ The loss is
 
 where ``A = reward − b`` and ``b`` is the baseline (:class:`RewardBaseline`), the task
 cross-entropy is taken on the *logits* of labelled queries only, and the gradient norm is clipped.
+
+Every query of a step is routed :attr:`TrainerConfig.samples_per_query` times and, by default,
+each sampled plan is compared with the other plans sampled for the *same* query (``"query_mean"``
+baseline). Whether a query gets solved depends far more on the query than on the plan (on the
+replay benchmark most queries are solved by every decent plan or by none), so a baseline that does
+not know the query leaves that variance in every advantage and buries the few points of accuracy
+that separate plans; comparing plans on the same query removes it.
+
 All randomness (plan sampling, the latent's noise, data order) comes from one seeded
 ``torch.Generator`` saved in checkpoints, so a resumed run continues exactly as an uninterrupted
 one would.
@@ -45,7 +53,7 @@ RewardPairs = Sequence[tuple[float, float]]
 RewardFn = Callable[[Sequence[Any], Sequence[Plan]], Union[RewardPairs, Awaitable[RewardPairs]]]
 """``reward_fn(items, plans) -> [(utility, cost_usd), ...]``, one pair per item, sync or async."""
 
-BASELINES: tuple[str, ...] = ("task_ema", "batch_mean", "none")
+BASELINES: tuple[str, ...] = ("query_mean", "task_ema", "batch_mean", "none")
 
 
 class RewardError(MasrError, ValueError):
@@ -61,9 +69,11 @@ class TrainerConfig:
         cost_lambda: λ, utility per $ (see the module docstring). Default 100.
         learning_rate: Adam learning rate.
         weight_decay: Adam weight decay.
-        batch_size: queries per step in :meth:`Trainer.fit`.
-        baseline: ``"task_ema"`` (default), ``"batch_mean"`` or ``"none"``; see
-            :class:`RewardBaseline`.
+        batch_size: distinct queries per step in :meth:`Trainer.fit`.
+        samples_per_query: plans sampled per query and step (a step scores
+            ``batch_size * samples_per_query`` plans); >= 2 for the ``"query_mean"`` baseline.
+        baseline: ``"query_mean"`` (default), ``"task_ema"``, ``"batch_mean"`` or ``"none"``;
+            see :class:`RewardBaseline`.
         baseline_decay: EMA decay of the ``task_ema`` baseline.
         entropy_weight: β_H, weight of the entropy bonus.
         task_ce_weight: β_CE, weight of the task cross-entropy on labelled queries.
@@ -79,7 +89,8 @@ class TrainerConfig:
     learning_rate: float = 1e-3
     weight_decay: float = 0.0
     batch_size: int = 32
-    baseline: str = "task_ema"
+    samples_per_query: int = 4
+    baseline: str = "query_mean"
     baseline_decay: float = 0.9
     entropy_weight: float = 0.01
     task_ce_weight: float = 1.0
@@ -108,6 +119,16 @@ class TrainerConfig:
             )
         if self.batch_size < 1:
             raise ConfigError(f"TrainerConfig.batch_size must be >= 1 (got {self.batch_size})")
+        if self.samples_per_query < 1:
+            raise ConfigError(
+                f"TrainerConfig.samples_per_query must be >= 1 (got {self.samples_per_query})"
+            )
+        if self.baseline == "query_mean" and self.samples_per_query < 2:
+            raise ConfigError(
+                f"the 'query_mean' baseline compares plans sampled for the same query and needs "
+                f"samples_per_query >= 2 (got {self.samples_per_query}); raise it or choose "
+                f"another baseline ({', '.join(b for b in BASELINES if b != 'query_mean')})"
+            )
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> "TrainerConfig":
@@ -124,6 +145,10 @@ class TrainerConfig:
 class RewardBaseline:
     """Variance-reduction baseline ``b`` for the advantage ``reward − b``.
 
+    * ``"query_mean"``: the mean reward of the *other* plans sampled for the same query in the
+      step (keys identify the query; leave-one-out, so unbiased). It removes the variance due to
+      query difficulty, the largest share by far; a key seen once gets advantage 0 (no
+      comparison, no signal).
     * ``"task_ema"``: a bias-corrected exponential moving average of past rewards per task (the
       label, or the classifier's most probable task for unlabelled queries). Rewards differ most
       *between* tasks (a cheap model solves most arithmetic, few competition problems), so a
@@ -139,7 +164,7 @@ class RewardBaseline:
         decay: EMA decay for ``"task_ema"``.
     """
 
-    def __init__(self, kind: str = "task_ema", decay: float = 0.9) -> None:
+    def __init__(self, kind: str = "query_mean", decay: float = 0.9) -> None:
         if kind not in BASELINES:
             raise ConfigError(f"unknown baseline {kind!r}; allowed: {', '.join(BASELINES)}")
         self.kind = kind
@@ -158,6 +183,8 @@ class RewardBaseline:
         """``[B]`` advantages for ``[B]`` rewards, then fold the rewards into the baseline."""
         if self.kind == "none":
             return rewards
+        if self.kind == "query_mean":
+            return rewards - _leave_one_out_means(rewards, keys)
         if self.kind == "batch_mean":
             count = rewards.numel()
             if count == 1:
@@ -261,9 +288,13 @@ class Trainer:
 
     # ---- one step -------------------------------------------------------------------------
     async def astep(self, items: Sequence[Any]) -> StepStats:
-        """Sample plans for ``items``, get their rewards and update the router once."""
+        """Sample ``samples_per_query`` plans for each of ``items``, get their rewards and update
+        the router once (the returned means are over all sampled plans)."""
         if not items:
             raise ConfigError("a training step needs at least one item (got none)")
+        c = self.config
+        queries = [position for position in range(len(items)) for _ in range(c.samples_per_query)]
+        items = [items[position] for position in queries]
         labels = [self.task_label(item) for item in items]
         self.router.train()
         out = self.router(
@@ -274,13 +305,16 @@ class Trainer:
         if inspect.isawaitable(pairs):
             pairs = await pairs
         utility, cost = _check_rewards(pairs, len(items))
-        reward = utility - self.config.cost_lambda * cost
+        reward = utility - c.cost_lambda * cost
 
-        predicted = out.task_logits.argmax(-1).tolist()
-        keys = [
-            label if label is not None else self.vocab.tasks[index].name
-            for label, index in zip(labels, predicted)
-        ]
+        if c.baseline == "query_mean":
+            keys = [str(position) for position in queries]
+        else:
+            predicted = out.task_logits.argmax(-1).tolist()
+            keys = [
+                label if label is not None else self.vocab.tasks[index].name
+                for label, index in zip(labels, predicted)
+            ]
         advantage = self.baseline.advantages(reward, keys)
         policy_loss = -(advantage * out.log_prob).mean()
         labelled = [i for i, label in enumerate(labels) if label is not None]
@@ -291,7 +325,6 @@ class Trainer:
             )
             if labelled else torch.zeros(())
         )
-        c = self.config
         loss = (
             policy_loss - c.entropy_weight * out.entropy.mean()
             + c.task_ce_weight * task_ce + c.kl_weight * out.kl.mean()
@@ -422,6 +455,17 @@ class Trainer:
         )
         trainer.load_state_dict(state)
         return trainer
+
+
+def _leave_one_out_means(rewards: torch.Tensor, keys: Sequence[str]) -> torch.Tensor:
+    """``[B]``: for each reward, the mean of the other rewards with the same key (the reward
+    itself where its key occurs once, so that its advantage is 0)."""
+    index = {key: i for i, key in enumerate(dict.fromkeys(keys))}
+    group = torch.tensor([index[key] for key in keys])
+    sums = torch.zeros(len(index), dtype=rewards.dtype).index_add_(0, group, rewards)
+    counts = torch.bincount(group, minlength=len(index)).to(rewards.dtype)
+    others = (counts[group] - 1).clamp_min(1)
+    return torch.where(counts[group] > 1, (sums[group] - rewards) / others, rewards)
 
 
 def _check_rewards(pairs: Any, expected: int) -> tuple[torch.Tensor, torch.Tensor]:
