@@ -181,15 +181,21 @@ def plot_pareto(summaries: Sequence[MethodSummary], path: Path) -> None:
     import matplotlib.pyplot as plt
 
     benches = sorted({s.benchmark for s in summaries})
-    fig, axes = plt.subplots(1, len(benches), figsize=(5 * len(benches), 4), squeeze=False)
-    markers = {"MasRouter": ("*", 200), "single LLM": ("o", 40), "oracle": ("D", 60)}
-    for ax, bench in zip(axes[0], benches):
+    columns = min(3, len(benches))
+    rows_n = -(-len(benches) // columns)
+    fig, axes = plt.subplots(rows_n, columns, figsize=(6 * columns, 4.5 * rows_n), squeeze=False)
+    markers = {"MasRouter": ("*", 220), "single LLM": ("o", 40), "oracle": ("D", 60)}
+    for ax in axes.flat[len(benches):]:
+        ax.set_visible(False)
+    for ax, bench in zip(axes.flat, benches):
         rows = [s for s in summaries if s.benchmark == bench]
         for s in rows:
             marker, size = markers.get(s.group, ("^", 50))
-            ax.scatter(s.usd_per_query, s.accuracy, marker=marker, s=size, label=s.method)
-            ax.annotate(s.method, (s.usd_per_query, s.accuracy), fontsize=6,
-                        xytext=(3, 3), textcoords="offset points")
+            ax.scatter(s.usd_per_query, s.accuracy, marker=marker, s=size)
+            # CoT replays of a single LLM sit next to its IO point: label one of them only.
+            if not (s.group == "single LLM" and s.method.endswith("(CoT)")):
+                ax.annotate(s.method.replace(" (IO)", ""), (s.usd_per_query, s.accuracy),
+                            fontsize=6, xytext=(3, 3), textcoords="offset points")
         router = sorted((s for s in rows if s.group == "MasRouter"), key=lambda s: s.usd_per_query)
         if len(router) > 1:
             ax.plot([s.usd_per_query for s in router], [s.accuracy for s in router], "k--", lw=1)
