@@ -4,7 +4,7 @@ for free, and unknown-outcome attempts held at their worst case."""
 from __future__ import annotations
 
 import asyncio
-from typing import Any, Iterator
+from typing import Any
 
 import pytest
 
@@ -23,12 +23,6 @@ from masr_graph.llm import (
 )
 
 PRICE = 1000.0  # $ per 1M tokens, so one token costs $0.001
-
-
-@pytest.fixture
-def server() -> Iterator[LoopbackServer]:
-    with LoopbackServer() as srv:
-        yield srv
 
 
 def spec_for(srv: LoopbackServer, **overrides: Any) -> LLMSpec:

@@ -10,19 +10,13 @@ import sqlite3
 import subprocess
 import sys
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import pytest
 
 from loopback_server import LoopbackServer
 from masr_graph.errors import LLMCallError
 from masr_graph.llm import CachedResponse, CallContext, LLMPool, LLMSpec, ResponseCache, cache_key
-
-
-@pytest.fixture
-def server() -> Iterator[LoopbackServer]:
-    with LoopbackServer() as srv:
-        yield srv
 
 
 def spec_for(srv: LoopbackServer, **overrides: Any) -> LLMSpec:

@@ -9,7 +9,7 @@ import logging
 import os
 import re
 from pathlib import Path
-from typing import Any, Iterator, Sequence
+from typing import Any, Sequence
 
 import pytest
 
@@ -29,12 +29,6 @@ from masr_graph.llm import (
 )
 
 PRICE_IN, PRICE_OUT = 2.0, 8.0  # $ per 1M tokens
-
-
-@pytest.fixture
-def server() -> Iterator[LoopbackServer]:
-    with LoopbackServer() as srv:
-        yield srv
 
 
 def spec_for(srv: LoopbackServer, name: str = "m", **overrides: Any) -> LLMSpec:

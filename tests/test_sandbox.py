@@ -8,7 +8,6 @@ hard process cap and stops by itself after a few seconds even if containment wer
 from __future__ import annotations
 
 import asyncio
-import os
 import socket
 import time
 import uuid
@@ -126,7 +125,7 @@ async def test_many_concurrent_runs_without_blocking_the_event_loop():
     ticking = asyncio.create_task(ticker())
     started = time.monotonic()
     results = await asyncio.gather(
-        *(arun_python(f"import sys\nprint(int(sys.stdin.read()) * 2)", stdin=str(i)) for i in range(24))
+        *(arun_python("import sys\nprint(int(sys.stdin.read()) * 2)", stdin=str(i)) for i in range(24))
     )
     elapsed = time.monotonic() - started
     done.set()
