@@ -296,7 +296,9 @@ def _validated_files(files: Optional[Mapping[str, str]]) -> dict[PurePosixPath, 
 # Status protocol on the inherited pipe, NUL-terminated records: b"S" once started, b"E<reason>" if
 # the setup failed, b"W<wait status>" when the code's main process ended.
 _CHILD_BOOTSTRAP = r'''
-import json, os, resource, sys
+# Everything is imported before the fork: the child hides and re-binds the Python installation in
+# the mount namespace it shares with this init, and an import racing that would fail.
+import json, os, resource, shutil, signal, sys
 
 cfg = json.loads(sys.argv[1])
 status_fd = cfg["status_fd"]
@@ -341,7 +343,6 @@ def mount_points():
 
 
 def isolate_filesystem(fs, workdir, uid):
-    import shutil
     kept = [os.open(path, os.O_PATH) for path in fs["bind_back"]]
     host_workdir = os.open(workdir, os.O_RDONLY | os.O_DIRECTORY)
     for hidden in fs["hide"]:
@@ -413,7 +414,6 @@ def end_run(exit_status):
 
 def wait_for_code(child):
     """Reap orphans, report the code's exit status, and outlive the code by nothing."""
-    import signal
     signal.signal(signal.SIGALRM, lambda *_: end_run(124))
     signal.alarm(cfg["backstop_s"])
     while True:
