@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import socket
+import statistics
 import time
 import uuid
 from pathlib import Path
@@ -134,10 +135,10 @@ async def test_many_concurrent_runs_without_blocking_the_event_loop():
     assert all(r.ok for r in results)
     # Runs overlap: together they take far less than one after another would.
     assert elapsed < sum(r.duration_s for r in results) / 3, (elapsed, [r.duration_s for r in results])
-    # A loop blocked by a run stalls for that run's whole duration; a free one keeps ticking even
-    # when a loaded machine stretches its 10 ms sleeps.
-    shortest_run = min(r.duration_s for r in results)
-    assert max(gaps) < shortest_run, (max(gaps), shortest_run)
+    # A loop blocked by each run would only tick between runs, every gap as long as a run
+    # (>= 0.2 s here). A free loop ticks every ~10 ms; a loaded machine stretches that, and
+    # launching 24 runs at once holds it briefly at the start, but most gaps stay short.
+    assert len(gaps) >= 5 and statistics.median(gaps) < 0.1, sorted(gaps)
 
 
 async def test_blocking_run_python_also_works_inside_a_running_loop():
