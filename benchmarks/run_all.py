@@ -137,6 +137,9 @@ class Runner:
                 self.notes.append(f"stopped by the budget cap: {stop}")
                 print(f"\n{stop}\nResults so far are kept; rerun with a higher --max-usd to "
                       "resume.", file=sys.stderr)
+            finally:
+                # A rerun (resume, another --lambdas) then routes without re-encoding any text.
+                self.encoder.save_cache()
         totals = runtime.pool.ledger.totals()
         self.notes.append(
             f"LLM calls this invocation: {totals.calls} ({totals.cached_calls} from cache), "

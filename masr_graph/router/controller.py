@@ -18,7 +18,7 @@ from __future__ import annotations
 
 from collections import OrderedDict
 from dataclasses import asdict, dataclass, fields
-from typing import Any, Mapping, Optional, Sequence, Union
+from typing import Any, Mapping, Optional, Sequence, TypeVar, Union
 
 import torch
 from torch import Tensor, nn
@@ -40,6 +40,25 @@ STAGES: tuple[str, ...] = ("task", "mode", "count", "roles", "llms")
 """Names of the cascade stages, the keys of :attr:`RouterOutput.stage_log_probs`."""
 
 Queries = Union[Sequence[str], Tensor]
+
+
+ConfigT = TypeVar("ConfigT")
+
+
+def config_from_dict(cls: type[ConfigT], data: Mapping[str, Any]) -> ConfigT:
+    """Rebuild a config dataclass saved with ``asdict`` (checkpoints), naming unknown fields.
+
+    Raises:
+        ConfigError: ``data`` has fields ``cls`` does not (e.g. a checkpoint from a newer version).
+    """
+    known = {f.name for f in fields(cls)}
+    unknown = sorted(set(data) - known)
+    if unknown:
+        raise ConfigError(
+            f"unknown {cls.__name__} field(s) {', '.join(unknown)}; allowed: "
+            f"{', '.join(sorted(known))}"
+        )
+    return cls(**data)
 
 
 @dataclass(frozen=True)
@@ -90,14 +109,7 @@ class RouterConfig:
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> "RouterConfig":
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(data) - known)
-        if unknown:
-            raise ConfigError(
-                f"unknown RouterConfig field(s) {', '.join(unknown)}; allowed: "
-                f"{', '.join(sorted(known))}"
-            )
-        return cls(**data)
+        return config_from_dict(cls, data)
 
 
 @dataclass

@@ -34,7 +34,7 @@ from __future__ import annotations
 import asyncio
 import inspect
 import math
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Awaitable, Callable, Mapping, Optional, Sequence, Union
 
@@ -45,7 +45,7 @@ from tqdm.auto import tqdm
 from ..errors import ConfigError, MasrError
 from ..plan import Plan
 from .checkpoint import load_checkpoint, save_checkpoint
-from .controller import MasRouter
+from .controller import MasRouter, config_from_dict
 from .encoder import TextEncoder
 from .vocab import NodeVocab
 
@@ -132,14 +132,7 @@ class TrainerConfig:
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> "TrainerConfig":
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(data) - known)
-        if unknown:
-            raise ConfigError(
-                f"unknown TrainerConfig field(s) {', '.join(unknown)}; allowed: "
-                f"{', '.join(sorted(known))}"
-            )
-        return cls(**data)
+        return config_from_dict(cls, data)
 
 
 class RewardBaseline:
