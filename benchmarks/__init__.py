@@ -10,13 +10,17 @@ Typical use::
     scores = await aevaluate_many(test, replies)  # list[Score], code runs in the sandbox
 
 Data is read from ``data_dir`` > ``$MASR_DATA_DIR`` > ``../shared/data`` next to the checkout
-(:mod:`.data_dir`).
+(:mod:`.data.data_dir`).
+
+Sub-packages, one concern each: :mod:`.data` (where the data lives, fetching it), :mod:`.tasks`
+(loaders, evaluators, splits), :mod:`.experiment` (the wiring of runs: pipeline, baselines),
+:mod:`.reporting` (result store, tables, plots) and :mod:`.perf` (performance scripts).
 """
 
-from .data_dir import DATA_DIR_ENV, resolve_data_dir
-from .datasets import TASK_DOMAINS, Example, Score
-from .fetch import fetch_public_copy
-from .registry import (
+from .data.data_dir import DATA_DIR_ENV, resolve_data_dir
+from .tasks.datasets import TASK_DOMAINS, Example, Score
+from .data.fetch import fetch_public_copy
+from .tasks.registry import (
     Benchmark,
     aevaluate,
     aevaluate_many,
@@ -27,7 +31,7 @@ from .registry import (
     load_benchmark,
     register_benchmark,
 )
-from .splits import Split, check_split_data, load_split, make_split, save_split, split_examples
+from .tasks.splits import Split, check_split_data, load_split, make_split, save_split, split_examples
 
 __all__ = [
     "DATA_DIR_ENV",

@@ -21,14 +21,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Optional, Sequence
 
-from masr_graph.benchmarks.baselines import (
+from masr_graph.benchmarks.experiment.baselines import (
     FixedMode,
     LearnedLLMRouter,
     RandomPlans,
     SingleLLM,
     oracle_results,
 )
-from masr_graph.benchmarks.datasets import Example
+from masr_graph.benchmarks.tasks.datasets import Example
 from masr_graph.benchmarks.experiment import (
     REPLAY_BENCHMARKS,
     RoutedMethod,
@@ -40,8 +40,8 @@ from masr_graph.benchmarks.experiment import (
     open_runtime,
     pool_specs,
 )
-from masr_graph.benchmarks.registry import benchmark_names
-from masr_graph.benchmarks.results import (
+from masr_graph.benchmarks.tasks.registry import benchmark_names
+from masr_graph.benchmarks.reporting.results import (
     MethodSummary,
     QueryResult,
     RunStore,

@@ -172,7 +172,7 @@ def build_parser() -> argparse.ArgumentParser:
 # ----------------------------------------------------------------------------------- helpers
 def _benchmarks(requested: Optional[Sequence[str]]) -> list[str]:
     from .benchmarks.experiment import REPLAY_BENCHMARKS
-    from .benchmarks.registry import benchmark_names
+    from .benchmarks.tasks.registry import benchmark_names
 
     names = list(requested or REPLAY_BENCHMARKS)
     unknown = sorted(set(names) - set(benchmark_names()))
@@ -306,7 +306,7 @@ async def _eval(args: argparse.Namespace) -> int:
         pool_specs,
         vocab_for_pool,
     )
-    from .benchmarks.results import RunStore, results_markdown, summarise, write_results_json
+    from .benchmarks.reporting.results import RunStore, results_markdown, summarise, write_results_json
     from .router import TextEncoder, load_checkpoint
 
     benchmarks = _benchmarks(args.benchmarks)

@@ -85,7 +85,7 @@ def domain_answer_key(domain: Optional[str]) -> Optional[AnswerKey]:
     :data:`DOMAIN_VOTE_TASKS` for the built-in domains, else the keys of the registered
     benchmarks of that domain; ``None`` (votes compare whole replies) when there are none.
     """
-    from .benchmarks.registry import benchmark_names, get_benchmark
+    from .benchmarks.tasks.registry import benchmark_names, get_benchmark
 
     tasks = DOMAIN_VOTE_TASKS.get(domain or "") or tuple(
         name for name in benchmark_names() if get_benchmark(name).domain == domain
@@ -94,7 +94,7 @@ def domain_answer_key(domain: Optional[str]) -> Optional[AnswerKey]:
 
 
 def _first_answer_key(tasks: Sequence[str], reply: str) -> Optional[str]:
-    from .benchmarks.registry import answer_key
+    from .benchmarks.tasks.registry import answer_key
 
     for task in tasks:
         key = answer_key(task, reply)

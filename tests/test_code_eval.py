@@ -12,11 +12,11 @@ from masr_graph.benchmarks import (
     Example,
     aevaluate,
     aevaluate_many,
-    code_eval,
     evaluate,
     load_benchmark,
     resolve_data_dir,
 )
+from masr_graph.benchmarks.tasks import code_eval
 
 from masr_graph.errors import ConfigError, DataError
 

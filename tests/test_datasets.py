@@ -24,12 +24,12 @@ from masr_graph.benchmarks import (
     load_split,
     make_split,
     register_benchmark,
-    registry,
     resolve_data_dir,
     save_split,
     split_examples,
 )
-from masr_graph.benchmarks.splits import check_split_data
+from masr_graph.benchmarks.tasks import registry
+from masr_graph.benchmarks.tasks.splits import check_split_data
 
 from masr_graph.errors import ConfigError, DataError
 

@@ -8,8 +8,8 @@ from __future__ import annotations
 
 import pytest
 from masr_graph.benchmarks import Example, aevaluate_many, answer_key, evaluate
-from masr_graph.benchmarks.code_eval import extract_code
-from masr_graph.benchmarks.extraction import last_answer_statement, last_boxed
+from masr_graph.benchmarks.tasks.code_eval import extract_code
+from masr_graph.benchmarks.tasks.extraction import last_answer_statement, last_boxed
 
 
 def _example(task: str, gold: str) -> Example:

@@ -276,7 +276,7 @@ def test_servers_are_stopped_at_interpreter_exit(local_models):
 async def test_routed_two_agent_chain_runs_gsm8k_on_local_models(local_models):
     import torch
 
-    from masr_graph.benchmarks.registry import answer_key, evaluate, load_benchmark
+    from masr_graph.benchmarks.tasks.registry import answer_key, evaluate, load_benchmark
     from masr_graph.router.controller import MasRouter
     from masr_graph.router.vocab import NodeVocab
     from masr_graph.runtime.engine import MASExecutor, QueryItem

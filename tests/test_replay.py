@@ -18,11 +18,12 @@ from collections import defaultdict
 from typing import Sequence
 
 import pytest
-from masr_graph.benchmarks import TASK_DOMAINS, Example, aevaluate, answer_key, code_eval, evaluate
-from masr_graph.benchmarks import humaneval as humaneval_benchmark
-from masr_graph.benchmarks import mbpp as mbpp_benchmark
-from masr_graph.benchmarks.code_eval import extract_code
-from masr_graph.benchmarks.data_dir import resolve_data_dir
+from masr_graph.benchmarks import TASK_DOMAINS, Example, aevaluate, answer_key, evaluate
+from masr_graph.benchmarks.tasks import code_eval
+from masr_graph.benchmarks.tasks import humaneval as humaneval_benchmark
+from masr_graph.benchmarks.tasks import mbpp as mbpp_benchmark
+from masr_graph.benchmarks.tasks.code_eval import extract_code
+from masr_graph.benchmarks.data.data_dir import resolve_data_dir
 
 from masr_graph.errors import BudgetExceeded, ConfigError, DataError, UnknownQueryError
 from masr_graph.llm import (

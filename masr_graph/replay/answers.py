@@ -48,9 +48,9 @@ import warnings
 from fractions import Fraction
 from typing import Callable, Sequence
 
-from masr_graph.benchmarks import gsm8k, mmlu
-from masr_graph.benchmarks.datasets import Example
-from masr_graph.benchmarks.registry import evaluate
+from masr_graph.benchmarks.tasks import gsm8k, mmlu
+from masr_graph.benchmarks.tasks.datasets import Example
+from masr_graph.benchmarks.tasks.registry import evaluate
 
 from ..errors import ConfigError, DataError
 

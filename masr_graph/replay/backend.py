@@ -41,7 +41,7 @@ from itertools import accumulate, chain
 from typing import Any, Iterable, Optional, Sequence, Union
 from urllib.parse import parse_qsl, urlencode, urlsplit
 
-from masr_graph.benchmarks.data_dir import PathLike
+from masr_graph.benchmarks.data.data_dir import PathLike
 
 from ..errors import ConfigError, DataError, UnknownQueryError
 from ..llm import tokens

@@ -45,8 +45,8 @@ from typing import Any, Mapping, Optional, Sequence
 
 from sklearn.model_selection import train_test_split
 
-from masr_graph.benchmarks import gsm8k, mmlu
-from masr_graph.benchmarks.data_dir import (
+from masr_graph.benchmarks.tasks import gsm8k, mmlu
+from masr_graph.benchmarks.data.data_dir import (
     PathLike,
     data_file,
     files_sha256,
@@ -54,10 +54,10 @@ from masr_graph.benchmarks.data_dir import (
     require_fields,
     resolve_data_dir,
 )
-from masr_graph.benchmarks.datasets import Example
-from masr_graph.benchmarks.extraction import last_boxed
-from masr_graph.benchmarks.registry import load_benchmark
-from masr_graph.benchmarks.splits import TRAIN_FRACTION, Split, load_split, save_split
+from masr_graph.benchmarks.tasks.datasets import Example
+from masr_graph.benchmarks.tasks.extraction import last_boxed
+from masr_graph.benchmarks.tasks.registry import load_benchmark
+from masr_graph.benchmarks.tasks.splits import TRAIN_FRACTION, Split, load_split, save_split
 
 from ..errors import ConfigError, DataError
 

@@ -28,7 +28,7 @@ from collections import Counter
 from dataclasses import dataclass
 from typing import Callable, Optional, Protocol, runtime_checkable
 
-from masr_graph.benchmarks.registry import answer_key
+from masr_graph.benchmarks.tasks.registry import answer_key
 
 from ..errors import ConfigError
 from ..llm.types import CallContext

@@ -222,7 +222,7 @@ class StepStats:
 
 
 def default_task_label(item: Any) -> Optional[str]:
-    """The item's ``domain`` (a benchmark :class:`~masr_graph.benchmarks.datasets.Example`
+    """The item's ``domain`` (a benchmark :class:`~masr_graph.benchmarks.tasks.datasets.Example`
     names its task family there), else its ``task``, as attribute or key; ``None`` if neither."""
     for name in ("domain", "task"):
         value = item.get(name) if isinstance(item, Mapping) else getattr(item, name, None)

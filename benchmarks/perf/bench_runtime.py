@@ -21,7 +21,7 @@ the bare SDK's is printed as well, the figure least disturbed by other load.
 
 Usage::
 
-    python benchmarks/bench_runtime.py [--queries 256] [--agents 4] [--latency-ms 100]
+    python benchmarks/perf/bench_runtime.py [--queries 256] [--agents 4] [--latency-ms 100]
         [--max-concurrent-queries 64] [--serial-queries 256] [--repeats 3]
         [--bare-concurrency 64]
 """
@@ -51,8 +51,8 @@ from masr_graph.runtime.trace import Trace
 
 MODE = "Debate"
 TIMEOUT_S = 120.0
-# The loopback server ships with the repository's tests, next to this file's folder.
-DEFAULT_SERVER_SCRIPT = Path(__file__).resolve().parent.parent / "tests" / "loopback_server.py"
+# The loopback server ships with the repository's tests (repository root / tests).
+DEFAULT_SERVER_SCRIPT = Path(__file__).resolve().parents[2] / "tests" / "loopback_server.py"
 
 ROLES = {
     name: Role(

@@ -19,7 +19,7 @@ from tqdm.auto import tqdm
 from masr_graph.errors import ConfigError
 
 from . import gsm8k, humaneval, math_dataset, mbpp, mmlu
-from .data_dir import PathLike
+from ..data.data_dir import PathLike
 from .datasets import TASK_DOMAINS, Example, Score
 
 

@@ -26,7 +26,7 @@ from typing import Optional
 
 from masr_graph.errors import ConfigError, DataError
 
-from .data_dir import PathLike, resolve_data_dir
+from ..data.data_dir import PathLike, resolve_data_dir
 from .datasets import Example, Score
 from .extraction import last_answer_statement, last_boxed
 

@@ -1,5 +1,5 @@
 """Baselines MasRouter is compared against. Each turns examples into plans, so every method runs
-through the same runtime, evaluators and accounting (:mod:`masr_graph.benchmarks.pipeline`):
+through the same runtime, evaluators and accounting (:mod:`masr_graph.benchmarks.experiment.pipeline`):
 
 - :class:`SingleLLM` — one agent on one LLM, IO or CoT (every LLM of the pool is one baseline);
 - :class:`FixedMode` — one collaboration mode with a fixed team size, every agent on one LLM;
@@ -23,8 +23,8 @@ from masr_graph.plan import Plan
 from masr_graph.runtime.roles import roles_for_domain
 from masr_graph.runtime.topology import get_topology, topology_names
 
-from .datasets import Example
-from .results import QueryResult
+from ..tasks.datasets import Example
+from ..reporting.results import QueryResult
 
 # The single-agent role per domain: a generalist, so single-LLM baselines measure the LLM.
 GENERALIST_ROLES: Mapping[str, str] = {

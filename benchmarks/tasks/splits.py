@@ -29,7 +29,7 @@ from typing import Any, Callable, Mapping, Optional
 
 from masr_graph.errors import ConfigError, DataError
 
-from .data_dir import PathLike, data_file, files_sha256, resolve_data_dir
+from ..data.data_dir import PathLike, data_file, files_sha256, resolve_data_dir
 from .datasets import Example
 from .registry import load_benchmark
 

@@ -25,7 +25,7 @@ from typing import Optional
 
 from masr_graph.errors import ConfigError, DataError
 
-from .data_dir import PathLike, data_file, read_jsonl, require_fields
+from ..data.data_dir import PathLike, data_file, read_jsonl, require_fields
 from .datasets import Example, Score
 from .extraction import last_answer_statement, last_boxed
 

@@ -23,7 +23,7 @@ Figures printed per pool:
 
 Usage::
 
-    python benchmarks/bench_router.py [--queries 1024] [--repeats 5] [--threads 1,2]
+    python benchmarks/perf/bench_router.py [--queries 1024] [--repeats 5] [--threads 1,2]
 """
 from __future__ import annotations
 
@@ -37,7 +37,7 @@ from typing import Callable
 
 import torch
 
-from masr_graph.benchmarks.registry import load_benchmark
+from masr_graph.benchmarks.tasks.registry import load_benchmark
 from masr_graph.llm import load_pool_config
 from masr_graph.router import LLMNode, MasRouter, ModeNode, NodeVocab, RoleNode, TextEncoder
 from masr_graph.router.vocab import DEFAULT_TASKS

@@ -8,7 +8,7 @@ Resolution order (first that applies wins):
    package's location, so it works for an editable install wherever the user runs from), when it
    exists;
 4. otherwise :class:`~masr_graph.errors.DataError` telling the user to set ``MASR_DATA_DIR`` or to
-   fetch public copies with :func:`masr_graph.benchmarks.fetch.fetch_public_copy`.
+   fetch public copies with :func:`masr_graph.benchmarks.data.fetch.fetch_public_copy`.
 
 The layout inside the directory is that of ``shared/data/README.md``: ``gsm8k/{train,test}.jsonl``,
 ``humaneval/HumanEval.jsonl.gz``, ``mbpp/mbpp.jsonl``, ``math/{test,math500_test}.jsonl``,
@@ -31,11 +31,11 @@ DATA_DIR_ENV = "MASR_DATA_DIR"
 
 PathLike = Union[str, "os.PathLike[str]"]
 
-_CHECKOUT_DATA_DIR = Path(__file__).resolve().parent.parent.parent / "shared" / "data"
+_CHECKOUT_DATA_DIR = Path(__file__).resolve().parents[3] / "shared" / "data"
 _FIX_HINT = (
     f"set {DATA_DIR_ENV}=/path/to/data (layout of shared/data/README.md), pass data_dir=... "
     "(CLI: --data-dir), or download public copies with "
-    "masr_graph.benchmarks.fetch.fetch_public_copy(name, dest)"
+    "masr_graph.benchmarks.data.fetch.fetch_public_copy(name, dest)"
 )
 
 

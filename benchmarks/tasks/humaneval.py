@@ -21,7 +21,7 @@ from typing import Optional
 from masr_graph.errors import ConfigError
 
 from .code_eval import aevaluate_code, code_key, defines, evaluate_code
-from .data_dir import PathLike, data_file, read_jsonl, require_fields
+from ..data.data_dir import PathLike, data_file, read_jsonl, require_fields
 from .datasets import Example, Score
 
 TASK = "humaneval"

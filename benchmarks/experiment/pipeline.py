@@ -22,9 +22,9 @@ from masr_graph.plan import Plan
 from masr_graph.runtime.engine import MASExecutor, QueryItem
 from masr_graph.runtime.trace import Trace
 
-from .datasets import Example, Score
-from .registry import aevaluate, answer_key
-from .results import QueryResult, RunStore
+from ..tasks.datasets import Example, Score
+from ..tasks.registry import aevaluate, answer_key
+from ..reporting.results import QueryResult, RunStore
 
 
 class ScoreCache:

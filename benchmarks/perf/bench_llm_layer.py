@@ -18,7 +18,7 @@ Target: ratio <= 1.3 for ``LLMPool`` with a response cache (every reply committe
 It also prints the latency of a cache hit. The servers run in separate processes so they do not
 share the client's GIL.
 
-    python benchmarks/bench_llm_layer.py [--calls 512] [--concurrency 64] [--latency-ms 100]
+    python benchmarks/perf/bench_llm_layer.py [--calls 512] [--concurrency 64] [--latency-ms 100]
 """
 
 from __future__ import annotations
@@ -38,7 +38,7 @@ import openai
 
 from masr_graph.llm import LLMPool, LLMSpec, ResponseCache
 
-SERVER_SCRIPT = Path(__file__).resolve().parents[1] / "tests" / "loopback_server.py"
+SERVER_SCRIPT = Path(__file__).resolve().parents[2] / "tests" / "loopback_server.py"
 TARGET_RATIO = 1.3
 
 

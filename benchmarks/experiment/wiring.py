@@ -41,11 +41,11 @@ from masr_graph.router import (
 )
 from masr_graph.runtime import MASExecutor
 
-from .data_dir import PathLike
-from .datasets import Example
+from ..data.data_dir import PathLike
+from ..tasks.datasets import Example
 from .pipeline import Pipeline, ScoreCache
-from .results import QueryResult, RunStore
-from .splits import make_split, save_split, split_examples
+from ..reporting.results import QueryResult, RunStore
+from ..tasks.splits import make_split, save_split, split_examples
 
 REPLAY_BENCHMARKS: tuple[str, ...] = ("gsm8k", "math", "humaneval", "mbpp", "mmlu")
 """The benchmarks the replay pool has recorded outcomes for."""

@@ -29,7 +29,7 @@ from typing import Any, Optional
 from masr_graph.errors import ConfigError, DataError
 
 from .code_eval import aevaluate_code, code_key, evaluate_code, parse_python
-from .data_dir import PathLike, data_file, read_jsonl, require_fields
+from ..data.data_dir import PathLike, data_file, read_jsonl, require_fields
 from .datasets import Example, Score
 
 TASK = "mbpp"
@@ -53,7 +53,7 @@ def load_mbpp(
 
     Args:
         split: one of :data:`SPLITS`.
-        data_dir: data directory (see :mod:`masr_graph.benchmarks.data_dir`).
+        data_dir: data directory (see :mod:`masr_graph.benchmarks.data.data_dir`).
         show_tests: append the scoring asserts to the query (off by default; see the module
             docstring).
 

@@ -1,0 +1,1 @@
+"""Where benchmark and outcome data live, and how to get them."""

@@ -1,0 +1,1 @@
+"""Result files of runs: the per-query store, summaries, tables and plots."""

@@ -1,0 +1,1 @@
+"""The benchmarks themselves: loaders, evaluators, voting keys and seeded splits."""
