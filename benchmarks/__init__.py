@@ -19,7 +19,7 @@ Sub-packages, one concern each: :mod:`.data` (where the data lives, fetching it)
 
 from .data.data_dir import DATA_DIR_ENV, resolve_data_dir
 from .tasks.datasets import TASK_DOMAINS, Example, Score
-from .data.fetch import fetch_public_copy
+from .data.fetch import check_data, fetch_data
 from .tasks.registry import (
     Benchmark,
     aevaluate,
@@ -46,7 +46,8 @@ __all__ = [
     "benchmark_names",
     "check_split_data",
     "evaluate",
-    "fetch_public_copy",
+    "check_data",
+    "fetch_data",
     "get_benchmark",
     "load_benchmark",
     "load_split",

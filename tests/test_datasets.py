@@ -4,9 +4,7 @@ the shared data directory (skipped, with the reason, only when that directory is
 from __future__ import annotations
 
 import collections
-import gzip
 import json
-import sys
 from pathlib import Path
 
 import pytest
@@ -18,7 +16,6 @@ from masr_graph.benchmarks import (
     aevaluate,
     answer_key,
     evaluate,
-    fetch_public_copy,
     get_benchmark,
     load_benchmark,
     load_split,
@@ -319,120 +316,3 @@ def test_split_part_and_protocol_names_are_checked(data_dir):
         make_split("humaneval").ids("valid")
     with pytest.raises(ConfigError, match=r"'gsm9k'.*gsm8k"):
         make_split("gsm9k")
-
-
-# ---------------------------------------------------------------------------- public-copy writer
-
-
-def test_fetch_without_datasets_package_says_how_to_install_it(tmp_path, monkeypatch):
-    monkeypatch.setitem(sys.modules, "datasets", None)  # makes `import datasets` fail
-    with pytest.raises(ImportError, match="pip install datasets"):
-        fetch_public_copy("gsm8k", tmp_path)
-    with pytest.raises(ConfigError, match=r"'gsm9k'.*gsm8k"):
-        fetch_public_copy("gsm9k", tmp_path)
-
-
-def _hub_rows(data_dir: Path) -> dict:
-    """A few real rows of every benchmark, shaped as the Hugging Face Hub datasets serve them."""
-    gsm8k = [
-        json.loads(line) for line in (data_dir / "gsm8k/test.jsonl").read_text().splitlines()[:3]
-    ]
-    with gzip.open(data_dir / "humaneval/HumanEval.jsonl.gz", "rt") as handle:
-        humaneval = [json.loads(line) for line in list(handle)[:3]]
-    mbpp = [json.loads(line) for line in (data_dir / "mbpp/mbpp.jsonl").read_text().splitlines()]
-    math_rows = [
-        json.loads(line) for line in (data_dir / "math/test.jsonl").read_text().splitlines()
-    ]
-    math500 = [
-        json.loads(line)
-        for line in (data_dir / "math/math500_test.jsonl").read_text().splitlines()[:4]
-    ]
-    in_subset = {row["problem"] for row in math500}
-    mmlu = {
-        "dev": [
-            {
-                "question": "What is 1+1?",
-                "subject": "elementary_mathematics",
-                "choices": ["1", "2", "3", "4"],
-                "answer": 1,
-            }
-        ],
-        "validation": [
-            {
-                "question": "Capital of France?",
-                "subject": "geography",
-                "choices": ["Rome", "Oslo", "Paris", "Bern"],
-                "answer": 2,
-            }
-        ],
-        "test": [
-            {
-                "question": 'A "quoted", comma, question',
-                "subject": "geography",
-                "choices": ["a", "b", "c", "d"],
-                "answer": 3,
-            }
-        ],
-    }
-    return {
-        ("openai/gsm8k", "main", "test"): gsm8k,
-        ("openai/gsm8k", "main", "train"): gsm8k[:1],
-        ("openai/openai_humaneval", None, "test"): humaneval,
-        **{
-            ("google-research-datasets/mbpp", "full", split): [
-                r for r in mbpp if r["task_id"] in ids
-            ]
-            for split, ids in (
-                ("prompt", range(1, 11)),
-                ("test", range(11, 511)),
-                ("validation", range(511, 601)),
-                ("train", range(601, 975)),
-            )
-        },
-        **{
-            ("EleutherAI/hendrycks_math", config, "test"): [
-                r
-                for r in math_rows
-                if r["type"].lower().replace(" & ", "_and_").replace(" ", "_") == config
-                and (r["problem"] in in_subset or r["idx"] % 500 == 0)
-            ]
-            for config in (
-                "algebra",
-                "counting_and_probability",
-                "geometry",
-                "intermediate_algebra",
-                "number_theory",
-                "prealgebra",
-                "precalculus",
-            )
-        },
-        ("HuggingFaceH4/MATH-500", None, "test"): math500,
-        **{("cais/mmlu", "all", split): rows for split, rows in mmlu.items()},
-    }
-
-
-def test_fetched_copies_are_read_back_by_the_loaders(data_dir, tmp_path):
-    rows = _hub_rows(data_dir)
-
-    def load_dataset(path, name=None, split=None):
-        return rows[(path, name, split)]
-
-    for name in ("gsm8k", "humaneval", "mbpp", "math", "mmlu"):
-        written = fetch_public_copy(name, tmp_path, load_dataset=load_dataset)
-        assert all(path.is_file() and path.is_relative_to(tmp_path) for path in written)
-    assert [e.answer for e in load_benchmark("gsm8k", data_dir=tmp_path)] == ["18", "3", "70000"]
-    assert [e.id for e in load_benchmark("humaneval", data_dir=tmp_path)] == [
-        f"HumanEval/{n}" for n in range(3)
-    ]
-    assert len(load_benchmark("mbpp", "test", data_dir=tmp_path)) == 500
-    subset = load_benchmark("math", "math500", data_dir=tmp_path)
-    assert [e.meta["math500_id"] for e in subset] == [
-        r["unique_id"] for r in rows[("HuggingFaceH4/MATH-500", None, "test")]
-    ]
-    tests = load_benchmark("mmlu", "test", data_dir=tmp_path)
-    assert [(e.query.split("\n")[0], e.answer) for e in tests] == [
-        ('A "quoted", comma, question', "D")
-    ]
-    assert {e.meta["subject"] for e in load_benchmark("mmlu", "dev", data_dir=tmp_path)} == {
-        "elementary_mathematics"
-    }

@@ -8,7 +8,8 @@ Resolution order (first that applies wins):
    package's location, so it works for an editable install wherever the user runs from), when it
    exists;
 4. otherwise :class:`~masr_graph.errors.DataError` telling the user to set ``MASR_DATA_DIR`` or to
-   fetch public copies with :func:`masr_graph.benchmarks.data.fetch.fetch_public_copy`.
+   fetch verified copies from their public sources with ``masr data fetch``
+   (:func:`masr_graph.benchmarks.data.fetch.fetch_data`).
 
 The layout inside the directory is that of ``shared/data/README.md``: ``gsm8k/{train,test}.jsonl``,
 ``humaneval/HumanEval.jsonl.gz``, ``mbpp/mbpp.jsonl``, ``math/{test,math500_test}.jsonl``,
@@ -28,14 +29,16 @@ from masr_graph.errors import DataError
 
 DATA_DIR_ENV = "MASR_DATA_DIR"
 """Environment variable naming the benchmark data directory."""
+CACHE_DIR_ENV = "MASR_CACHE_DIR"
+"""Environment variable naming where parsed data may be cached (default ``~/.cache/masr_graph``)."""
 
 PathLike = Union[str, "os.PathLike[str]"]
 
 _CHECKOUT_DATA_DIR = Path(__file__).resolve().parents[3] / "shared" / "data"
 _FIX_HINT = (
     f"set {DATA_DIR_ENV}=/path/to/data (layout of shared/data/README.md), pass data_dir=... "
-    "(CLI: --data-dir), or download public copies with "
-    "masr_graph.benchmarks.data.fetch.fetch_public_copy(name, dest)"
+    "(CLI: --data-dir), or download verified copies of the public sources with "
+    "`masr data fetch --dest DIR` (masr_graph.benchmarks.fetch_data)"
 )
 
 
@@ -69,6 +72,17 @@ def _existing_dir(path: Path, source: str) -> Path:
             f"benchmark data directory {str(path)!r} (from {source}) does not exist; {_FIX_HINT}"
         )
     return path.resolve()
+
+
+def cache_dir() -> Path:
+    """Where derived data (parsed tables, evaluator verdicts) is cached across processes:
+    ``$MASR_CACHE_DIR``, else ``$XDG_CACHE_HOME/masr_graph``, else ``~/.cache/masr_graph``.
+    Everything there can be deleted at any time; it is rebuilt from the data directory."""
+    explicit = os.environ.get(CACHE_DIR_ENV)
+    if explicit:
+        return Path(explicit).expanduser()
+    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+    return Path(base).expanduser() / "masr_graph"
 
 
 def data_file(relative: str, data_dir: Optional[PathLike] = None) -> Path:
