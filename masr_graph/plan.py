@@ -3,7 +3,7 @@ which LLM each agent gets. It is plain data so that routers, the runtime, traces
 share it without importing each other."""
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Optional
 
 from .errors import RoutingError
@@ -52,6 +52,15 @@ class Plan:
     def k(self) -> int:
         """Number of agents."""
         return len(self.roles)
+
+    def with_probs(self, probs: dict[str, Any]) -> "Plan":
+        """The same plan with ``probs`` (display only; plans compare equal regardless)."""
+        return replace(self, probs=dict(probs))
+
+    def team(self) -> tuple[str, int, tuple[str, ...]]:
+        """``(mode, k, LLMs)``: what decides a plan's outcome and cost on recorded worlds,
+        where roles change only the prompt's wording (used to count distinct plans)."""
+        return self.mode, self.k, self.llms
 
     def to_dict(self) -> dict[str, Any]:
         return {

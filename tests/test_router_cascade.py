@@ -110,7 +110,10 @@ def test_gradient_reaches_every_parameter_of_every_stage(vocab):
     router = MasRouter(RouterConfig(max_agents=5), encoder=shared_encoder()).double()
     queries = list(QUERIES) * 3
     labels = [None, "math", None, "code"] * 6
-    out = router(queries, vocab, task_labels=labels, generator=torch.Generator().manual_seed(4))
+    # λ > 0 on most queries: the λ embedding and the LLM stage's cost term act only then.
+    lambdas = torch.linspace(0.0, 1000.0, len(queries))
+    out = router(queries, vocab, task_labels=labels, cost_lambda=lambdas,
+                 generator=torch.Generator().manual_seed(4))
     advantage = torch.linspace(-1, 1, len(queries))
     labelled = [i for i, label in enumerate(labels) if label]
     ce = F.cross_entropy(
@@ -125,7 +128,7 @@ def test_gradient_reaches_every_parameter_of_every_stage(vocab):
     assert dead == []
     stages = {name.split(".")[0] for name, _ in router.named_parameters()}
     assert stages == {"graph_encoder", "task_classifier", "mode_selector", "agent_counter",
-                      "role_allocator", "llm_router"}
+                      "role_allocator", "llm_router", "lambda_encoder"}
 
 
 def test_a_query_routes_the_same_whatever_its_batch(router, vocab):

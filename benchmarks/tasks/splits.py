@@ -33,24 +33,27 @@ from ..data.data_dir import PathLike, data_file, files_sha256, resolve_data_dir
 from .datasets import Example
 from .registry import load_benchmark
 
-SPLIT_FORMAT_VERSION = 1
+SPLIT_FORMAT_VERSION = 2
+"""Version 2 added ``validation_ids``; version-1 files (train and test only) are still read."""
 TRAIN_FRACTION = 0.2
 """Share of the pool used for training where the protocol draws at random (GSM8K, HumanEval,
 MATH)."""
 MMLU_TEST_SIZE = 1000
 """Test questions drawn from MMLU's 14,042, stratified by subject."""
-PARTS = ("train", "test")
+PARTS = ("train", "validation", "test")
 
 
 @dataclass(frozen=True)
 class Split:
-    """A train/test partition of one benchmark's examples, by id.
+    """A train / (validation) / test partition of one benchmark's examples, by id.
 
     Args:
         benchmark: task name.
         seed: seed of the random draw (recorded even where the protocol is fixed).
         train_ids: ids of the training examples, in dataset order.
         test_ids: ids of the test examples, in dataset order.
+        validation_ids: ids of the validation examples (model selection), in dataset order;
+            empty for protocols without one.
         protocol: human-readable description of how the ids were chosen.
         data_checksums: sha256 of each data file (MMLU: of each folder's files concatenated in
             name order) keyed by its path relative to the data directory.
@@ -62,27 +65,29 @@ class Split:
     test_ids: tuple[str, ...]
     protocol: str
     data_checksums: Mapping[str, str] = field(default_factory=dict)
+    validation_ids: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
-        object.__setattr__(self, "train_ids", tuple(self.train_ids))
-        object.__setattr__(self, "test_ids", tuple(self.test_ids))
+        for part in PARTS:
+            object.__setattr__(self, f"{part}_ids", tuple(getattr(self, f"{part}_ids")))
         object.__setattr__(self, "data_checksums", dict(self.data_checksums))
-        overlap = set(self.train_ids) & set(self.test_ids)
-        if overlap:
-            raise ConfigError(
-                f"split of {self.benchmark!r} has {len(overlap)} id(s) in both train and test, "
-                f"e.g. {sorted(overlap)[:3]}"
-            )
+        for first, second in (("train", "test"), ("train", "validation"), ("validation", "test")):
+            overlap = set(self.ids(first)) & set(self.ids(second))
+            if overlap:
+                raise ConfigError(
+                    f"split of {self.benchmark!r} has {len(overlap)} id(s) in both {first} and "
+                    f"{second}, e.g. {sorted(overlap)[:3]}"
+                )
 
     def ids(self, part: str) -> tuple[str, ...]:
-        """``train_ids`` or ``test_ids``.
+        """``train_ids``, ``validation_ids`` or ``test_ids``.
 
         Raises:
-            ConfigError: ``part`` is not ``"train"`` or ``"test"``.
+            ConfigError: ``part`` is not one of :data:`PARTS`.
         """
         if part not in PARTS:
             raise ConfigError(f"unknown split part {part!r}; choose one of {list(PARTS)}")
-        return self.train_ids if part == "train" else self.test_ids
+        return getattr(self, f"{part}_ids")
 
 
 @dataclass(frozen=True)
@@ -98,6 +103,44 @@ def _train_test_split(*arrays: Any, **options: Any) -> list[Any]:
     from sklearn.model_selection import train_test_split
 
     return train_test_split(*arrays, **options)
+
+
+def train_val_test_ids(
+    ids: list[str], fractions: tuple[float, float], seed: int, *,
+    drawable: Optional[set[str]] = None,
+) -> tuple[list[str], list[str], list[str], str]:
+    """Draw ``fractions = (train, validation)`` shares of ``ids`` at random (the rest is test),
+    each part in the order of ``ids``; only ids in ``drawable`` (default: all) may go to train
+    or validation. Returns the three id lists and a protocol sentence.
+
+    Raises:
+        ConfigError: the fractions are not positive with a sum below 1, or ``drawable`` holds
+            too few ids for them.
+    """
+    train_share, validation_share = fractions
+    if not (train_share > 0 and validation_share > 0 and train_share + validation_share < 1):
+        raise ConfigError(f"train and validation fractions must be > 0 with a sum < 1 "
+                          f"(got {fractions})")
+    pool = [i for i in ids if drawable is None or i in drawable]
+    wanted_train = round(train_share * len(ids))
+    wanted_validation = round(validation_share * len(ids))
+    if wanted_train + wanted_validation > len(pool):
+        raise ConfigError(f"{wanted_train} train and {wanted_validation} validation ids are "
+                          f"needed but only {len(pool)} may be drawn; lower the fractions")
+    chosen, _ = (_train_test_split(pool, train_size=wanted_train + wanted_validation,
+                                   random_state=seed, shuffle=True)
+                 if wanted_train + wanted_validation < len(pool) else (list(pool), []))
+    train, validation = _train_test_split(chosen, train_size=wanted_train, random_state=seed,
+                                          shuffle=True)
+    train_set, validation_set = set(train), set(validation)
+    return (
+        [i for i in ids if i in train_set],
+        [i for i in ids if i in validation_set],
+        [i for i in ids if i not in train_set and i not in validation_set],
+        (f"seeded random {train_share:.0%} train / {validation_share:.0%} validation / "
+         f"{1 - train_share - validation_share:.0%} test of the {len(ids)} queries "
+         f"(scikit-learn train_test_split, random_state={seed})"),
+    )
 
 
 def _random_fraction(examples: list[Example], seed: int) -> tuple[list[str], list[str], str]:
@@ -246,6 +289,7 @@ def save_split(split: Split, path: PathLike) -> Path:
         "protocol": split.protocol,
         "data_checksums": dict(split.data_checksums),
         "train_ids": list(split.train_ids),
+        "validation_ids": list(split.validation_ids),
         "test_ids": list(split.test_ids),
     }
     target.write_text(json.dumps(payload, indent=1) + "\n", encoding="utf-8")
@@ -277,15 +321,16 @@ def load_split(path: PathLike) -> Split:
     missing = [name for name in fields if name not in payload]
     if missing:
         raise DataError(f"split file {str(source)!r} lacks field(s) {missing}")
-    if payload["format_version"] != SPLIT_FORMAT_VERSION:
+    if payload["format_version"] not in (1, SPLIT_FORMAT_VERSION):
         raise DataError(
             f"split file {str(source)!r} has format_version {payload['format_version']!r}; "
-            f"this version reads {SPLIT_FORMAT_VERSION}"
+            f"this version reads 1 and {SPLIT_FORMAT_VERSION}"
         )
     return Split(
         benchmark=payload["benchmark"],
         seed=int(payload["seed"]),
         train_ids=tuple(payload["train_ids"]),
+        validation_ids=tuple(payload.get("validation_ids", ())),
         test_ids=tuple(payload["test_ids"]),
         protocol=payload["protocol"],
         data_checksums=payload["data_checksums"],
@@ -320,7 +365,7 @@ def split_examples(
     """The examples of one part of ``split``, in the split's id order.
 
     Args:
-        part: ``"train"`` or ``"test"``.
+        part: ``"train"``, ``"validation"`` or ``"test"``.
         verify_data: first check the data checksums (:func:`check_split_data`).
         **load_options: passed to the loader (MBPP: ``show_tests``).
 

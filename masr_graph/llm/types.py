@@ -59,6 +59,9 @@ class CallContext:
         role: role name of the agent.
         query: the bare query text the MAS is solving.
         candidates: for a decision node, the final outputs of the agents it aggregates.
+        peers: for an agent, the outputs of the other agents it is shown (previous round and
+            earlier in this round, in prompt order; failed peers are left out).
+        previous: for an agent in a later round, its own previous-round output when it is shown.
         sample_index: distinguishes repeated samples of the same prompt (stochastic backends).
     """
 
@@ -69,6 +72,8 @@ class CallContext:
     role: str = ""
     query: str = ""
     candidates: tuple[str, ...] = ()
+    peers: tuple[str, ...] = ()
+    previous: Optional[str] = None
     sample_index: int = 0
     run_id: str = ""
 

@@ -1,11 +1,14 @@
-"""The replay backend: an offline LLM pool whose members are 9 real LLMs replaying their recorded
-outcomes (LLMRouter's table, see :mod:`masr_graph.replay.outcomes`).
+"""The replay backend: an offline LLM pool whose members are real LLMs replaying what they were
+recorded doing (:mod:`masr_graph.replay.worlds`): the ZeroEval world serves their real reply text,
+the LLMRouter world replies written from their recorded outcomes.
 
 It is a transport of the LLM layer (scheme ``replay``), so everything the real layer does —
 budget reservations and caps, the reply cache, retries, the ledger — applies unchanged. Pool files
 select it with::
 
-    base_url: replay://llmrouter?rule=stubborn        # rule, latency_s, data_dir are optional
+    base_url: replay://zeroeval?rule=calibrated       # or replay://llmrouter; rule, latency_s
+                                                      # and data_dir are optional
+    model: gpt-4o-mini-2024-07-18                     # a recorded LLM of that world
 
 For one chat call the transport:
 
@@ -15,21 +18,19 @@ For one chat call the transport:
    (every position when no word start matches); the longest recorded question that occurs wins.
    ``CallContext.query`` is only a hint that is tried first and accepted only if its recorded
    question occurs in the prompt. No recorded question in the prompt: :class:`UnknownQueryError`;
-2. decides whether this LLM is right: its recorded score for the query, 0 or 1 for a single
-   record; a fractional score (the mean of two records) is a Bernoulli draw, seeded by (LLM,
-   query id, ``CallContext.sample_index``, the call's ``seed``), so reruns replay exactly;
-3. asks the collaboration rule (:mod:`masr_graph.replay.rules`, default ``stubborn``) for the
-   reply, written by :mod:`masr_graph.replay.answers` in the benchmark's natural form;
-4. reports usage by the rule of :mod:`masr_graph.llm.tokens` (prompt: ``estimate_prompt_tokens``
-   of the messages; completion: ``estimate_text_tokens`` of the reply). Under replay this count
-   *is* the usage (there is no hidden tokenizer), so records are not marked estimated. A reply
-   longer than ``max_tokens`` is cut to it and ends with ``finish_reason="length"``, as a real
-   API would, which also keeps every cost within the budget's reservation. Cost is the pool's:
-   tokens times the spec's prices, the recorded ones in :func:`replay_specs`;
+2. takes what this LLM answers to it alone: its recorded reply (ZeroEval), or a reply written from
+   its recorded outcome (LLMRouter; a fractional score is a Bernoulli draw seeded by the LLM, the
+   query, ``CallContext.sample_index`` and the call's ``seed``);
+3. asks the collaboration rule (:mod:`masr_graph.replay.rules`, default ``calibrated``) for the
+   reply, given what the caller's context says the LLM read;
+4. counts usage with a real tokenizer (:mod:`masr_graph.replay.tokens`): the prompt as sent, the
+   reply as returned; a reply longer than ``max_tokens`` is cut to it and ends with
+   ``finish_reason="length"``, as a real API would. Cost is the pool's: tokens times the spec's
+   recorded prices (:func:`replay_specs`); no money is paid, so these costs are notional;
 5. waits the configured ``latency_s`` (default 0), so concurrency and timeouts can be exercised.
 
-Every result made with this backend should carry :func:`backend_info`, which names the backend,
-the rule and the data checksums.
+Every result made with this backend should carry :func:`backend_info`, which names the world,
+the rule and its calibration table, the token rule and the data checksums.
 """
 from __future__ import annotations
 
@@ -44,21 +45,14 @@ from urllib.parse import parse_qsl, urlencode, urlsplit
 from masr_graph.benchmarks.data.data_dir import PathLike
 
 from ..errors import ConfigError, DataError, UnknownQueryError
-from ..llm import tokens
 from ..llm.pool import LLMPool
-from ..llm.tokens import estimate_prompt_tokens, estimate_text_tokens
 from ..llm.transport import register_transport
 from ..llm.types import CallContext, Completion, LLMSpec, Message
-from .answers import synthesize_reply
-from .outcomes import (
-    OUTCOME_SET,
-    REPLAY_TASKS,
-    OutcomeTable,
-    RecordedQuery,
-    load_outcome_table,
-    normalise_text,
-)
+from . import tokens
+from .outcomes import normalise_text
+from .pools import PoolSpec, resolve_pool
 from .rules import DEFAULT_RULE, CollaborationRule, RuleCall, get_rule
+from .worlds import WORLDS, RecordedItem, World, load_world
 
 REPLAY_SCHEME = "replay"
 FINGERPRINT_CHARS = 12
@@ -75,23 +69,23 @@ class ReplayConfig:
     """What a ``replay://`` base URL selects.
 
     Args:
-        outcome_set: the recorded outcome set (URL host); only ``"llmrouter"`` exists.
+        outcome_set: the recorded world (URL host): ``"zeroeval"`` or ``"llmrouter"``.
         rule: collaboration rule name (URL parameter ``rule``).
         latency_s: seconds every call waits before answering (URL parameter ``latency_s``).
         data_dir: data directory holding ``outcomes/<outcome_set>`` (URL parameter
             ``data_dir``); ``None``: ``$MASR_DATA_DIR``, then ``../shared/data``.
     """
 
-    outcome_set: str = OUTCOME_SET
+    outcome_set: str = WORLDS[0]
     rule: str = DEFAULT_RULE
     latency_s: float = 0.0
     data_dir: Optional[str] = None
 
     def __post_init__(self) -> None:
-        if self.outcome_set != OUTCOME_SET:
+        if self.outcome_set not in WORLDS:
             raise ConfigError(
-                f"unknown replay outcome set {self.outcome_set!r}; available: {OUTCOME_SET!r} "
-                f"(base_url replay://{OUTCOME_SET})"
+                f"unknown replay world {self.outcome_set!r}; available: {list(WORLDS)} "
+                f"(base_url replay://{WORLDS[0]})"
             )
         if not (isinstance(self.latency_s, (int, float)) and 0.0 <= self.latency_s < float("inf")):
             raise ConfigError(
@@ -109,10 +103,11 @@ class ReplayConfig:
         """
         parts = urlsplit(base_url)
         if parts.scheme.lower() != REPLAY_SCHEME:
-            raise ConfigError(f"not a replay base_url: {base_url!r} (expected replay://{OUTCOME_SET})")
+            raise ConfigError(f"not a replay base_url: {base_url!r} (expected replay://<world>, "
+                              f"a world of {list(WORLDS)})")
         if parts.path.strip("/"):
             raise ConfigError(f"replay base_url {base_url!r} must not have a path "
-                              f"(expected replay://{OUTCOME_SET}[?parameters])")
+                              f"(expected replay://<world>[?parameters])")
         parameters = dict(parse_qsl(parts.query, keep_blank_values=True))
         unknown = sorted(set(parameters) - set(_URL_PARAMETERS))
         if unknown:
@@ -147,9 +142,9 @@ class QueryMatcher:
         queries: the recorded queries to look for.
     """
 
-    def __init__(self, queries: Sequence[RecordedQuery]):
-        self._index: dict[str, list[tuple[str, RecordedQuery]]] = {}
-        self._by_text: dict[str, RecordedQuery] = {}
+    def __init__(self, queries: Sequence[RecordedItem]):
+        self._index: dict[str, list[tuple[str, RecordedItem]]] = {}
+        self._by_text: dict[str, RecordedItem] = {}
         for query in queries:
             text = normalise_text(query.question)
             if len(text) < FINGERPRINT_CHARS:
@@ -159,10 +154,10 @@ class QueryMatcher:
             self._index.setdefault(text[:FINGERPRINT_CHARS], []).append((text, query))
         for bucket in self._index.values():
             bucket.sort(key=lambda entry: -len(entry[0]))
-        self._hints: dict[str, Optional[tuple[str, RecordedQuery]]] = {}
+        self._hints: dict[str, Optional[tuple[str, RecordedItem]]] = {}
         self.size = len(self._by_text)
 
-    def find(self, prompt: str, hint: str = "") -> RecordedQuery:
+    def find(self, prompt: str, hint: str = "") -> RecordedItem:
         """The recorded query whose question occurs in ``prompt`` (the longest if several do).
 
         Args:
@@ -181,12 +176,12 @@ class QueryMatcher:
         if found is None:
             raise UnknownQueryError(
                 f"no recorded query occurs in this prompt ({len(prompt)} characters, starting "
-                f"{prompt[:120]!r}); the replay backend answers only the {self.size} recorded "
-                f"queries of {', '.join(REPLAY_TASKS)} (masr_graph.replay.ReplayBenchmark)"
+                f"{prompt[:120]!r}); this replay world answers only its {self.size} recorded "
+                f"queries (masr_graph.replay.load_world(...).examples(task))"
             )
         return found[1]
 
-    def _hinted(self, hint: str) -> Optional[tuple[str, RecordedQuery]]:
+    def _hinted(self, hint: str) -> Optional[tuple[str, RecordedItem]]:
         if hint not in self._hints:
             if len(self._hints) >= _HINT_CACHE_SIZE:
                 self._hints.clear()
@@ -200,8 +195,8 @@ class QueryMatcher:
     def _word_starts(text: str) -> Iterable[int]:
         return chain((0,), accumulate(len(word) + 1 for word in text.split(" ")))
 
-    def _scan(self, text: str, positions: Iterable[int]) -> Optional[tuple[str, RecordedQuery]]:
-        best: Optional[tuple[str, RecordedQuery]] = None
+    def _scan(self, text: str, positions: Iterable[int]) -> Optional[tuple[str, RecordedItem]]:
+        best: Optional[tuple[str, RecordedItem]] = None
         lookup = self._index.get
         for position in positions:
             bucket = lookup(text[position : position + FINGERPRINT_CHARS])
@@ -216,39 +211,9 @@ class QueryMatcher:
         return best
 
 
-def recorded_outcome(
-    query: RecordedQuery, llm: str, *, sample_index: int = 0, seed: Optional[int] = None
-) -> bool:
-    """Whether ``llm`` solves ``query`` in this call: its recorded 0/1 score, or for a fractional
-    score ``p`` a Bernoulli(``p``) draw that is a pure function of (``llm``, ``query.id``,
-    ``sample_index``, ``seed``; ``None`` counts as 0).
-
-    Raises:
-        ConfigError: ``llm`` has no recorded score for the query.
-    """
-    try:
-        score = query.scores[llm]
-    except KeyError:
-        raise ConfigError(f"LLM {llm!r} has no recorded score; recorded: "
-                          f"{', '.join(query.scores)}") from None
-    if score >= 1.0 or score <= 0.0:
-        return score >= 1.0
-    key = f"{llm}\x1f{query.id}\x1f{sample_index}\x1f{seed or 0}".encode()
-    uniform = int.from_bytes(hashlib.sha256(key).digest()[:8], "big") / 2.0**64
-    return uniform < score
-
-
 @functools.lru_cache(maxsize=4)
-def _matcher(table: OutcomeTable) -> QueryMatcher:
-    return QueryMatcher(table.queries)
-
-
-def _cut_to_max_tokens(text: str, max_tokens: Optional[int]) -> tuple[str, str]:
-    """``text`` cut to ``max_tokens`` by the token rule, and the finish reason."""
-    if max_tokens is None or estimate_text_tokens(text) <= max_tokens:
-        return text, "stop"
-    budget = max_tokens * tokens.ESTIMATE_BYTES_PER_TOKEN
-    return text.encode("utf-8")[:budget].decode("utf-8", "ignore"), "length"
+def _matcher(world: World) -> QueryMatcher:
+    return QueryMatcher(world.queries())
 
 
 @dataclass(frozen=True)
@@ -256,35 +221,36 @@ class _Member:
     llm: str  # recorded name
     config: ReplayConfig
     rule: CollaborationRule
-    table: OutcomeTable
+    world: World
 
 
 class ReplayTransport:
     """Transport for ``replay://`` LLMs (see the module docstring).
 
     Args:
-        specs: the pool's replay LLMs. Each ``model`` must be a recorded LLM, by provider id
-            (``"qwen/qwen2.5-7b-instruct"``) or recorded name (``"qwen2.5-7b-instruct"``).
+        specs: the pool's replay LLMs. Each ``model`` must be a recorded LLM of its world, by
+            provider id or recorded name.
 
     Raises:
         ConfigError: a spec's base URL or model is not a replay one (checked here, before any
             call).
-        DataError: the outcome data is missing or malformed.
+        DataError: the recorded data is missing or malformed.
     """
 
     def __init__(self, specs: list[LLMSpec]):
         self._members: dict[str, _Member] = {}
         for spec in specs:
             config = ReplayConfig.from_url(spec.base_url)
-            table = load_outcome_table(config.data_dir)
-            by_model = {llm.model: llm.name for llm in table.llms}
-            llm = by_model.get(spec.model, spec.model if spec.model in table.llm_names else None)
+            world = load_world(config.outcome_set, config.data_dir)
+            recorded = world.llms()
+            by_model = {world.llm_info(name).model: name for name in recorded}
+            llm = by_model.get(spec.model, spec.model if spec.model in recorded else None)
             if llm is None:
                 raise ConfigError(
-                    f"replay LLM {spec.name!r}: model {spec.model!r} has no recorded outcomes; "
-                    f"recorded models: {', '.join(by_model)}"
+                    f"replay LLM {spec.name!r}: model {spec.model!r} has no recordings in the "
+                    f"{world.name} world; recorded: {', '.join(recorded)}"
                 )
-            self._members[spec.name] = _Member(llm, config, get_rule(config.rule), table)
+            self._members[spec.name] = _Member(llm, config, get_rule(config.rule), world)
 
     async def complete(
         self,
@@ -297,32 +263,30 @@ class ReplayTransport:
 
         Raises:
             UnknownQueryError: the prompt holds no recorded query.
-            ConfigError: ``spec`` was not given to this transport, or the context's call kind is
-                unknown to the rule.
+            ConfigError: ``spec`` was not given to this transport, the LLM was not recorded on
+                the query's task, or the context's call kind is unknown to the rule.
         """
         member = self._members.get(spec.name)
         if member is None:
             raise ConfigError(f"LLM {spec.name!r} is not served by this replay transport; it "
                               f"serves {sorted(self._members)}")
         prompt = "\n".join(message["content"] for message in messages)
-        query = _matcher(member.table).find(prompt, hint=context.query)
-        correct = recorded_outcome(
-            query, member.llm, sample_index=context.sample_index, seed=params.get("seed")
-        )
+        item = _matcher(member.world).find(prompt, hint=context.query)
+        seed = params.get("seed")
+        own = member.world.own_reply(member.llm, item, sample_index=context.sample_index,
+                                     seed=seed)
+        digest = hashlib.sha256(prompt.encode("utf-8")).hexdigest()[:16]
         text = member.rule.reply(RuleCall(
-            llm=member.llm,
-            query=query,
-            context=context,
-            own_correct=correct,
-            write_reply=functools.partial(synthesize_reply, query.example, member.llm),
-        ))
-        text, finish_reason = _cut_to_max_tokens(text, params.get("max_tokens"))
+            llm=member.llm, example=item.example, context=context, own_reply=own,
+            draw_key=f"{seed or 0}\x1f{item.id}\x1f{member.llm}\x1f{digest}"))
+        text, finish_reason, completion_tokens = tokens.cut_to_max_tokens(
+            member.llm, text, params.get("max_tokens"))
         if member.config.latency_s:
             await asyncio.sleep(member.config.latency_s)
         return Completion(
             text=text,
-            prompt_tokens=estimate_prompt_tokens(messages),
-            completion_tokens=estimate_text_tokens(text),
+            prompt_tokens=tokens.count_prompt(member.llm, messages),
+            completion_tokens=completion_tokens,
             finish_reason=finish_reason,
         )
 
@@ -331,42 +295,50 @@ class ReplayTransport:
 
 
 def replay_specs(
-    data_dir: Optional[PathLike] = None,
+    world: str = WORLDS[0],
+    pool: PoolSpec = None,
     *,
+    task: Optional[str] = None,
+    data_dir: Optional[PathLike] = None,
     rule: str = DEFAULT_RULE,
     latency_s: float = 0.0,
     max_concurrency: int = DEFAULT_MAX_CONCURRENCY,
     timeout_s: float = 60.0,
 ) -> list[LLMSpec]:
-    """The 9 recorded LLMs as pool members: recorded name, provider model id, recorded prices ($
-    per 1M tokens), ``default_llm.json`` description, ``base_url`` ``replay://llmrouter?rule=...``
-    and no API key.
+    """Recorded LLMs of ``world`` as pool members: recorded name, model id, recorded prices ($
+    per 1M tokens, notional: nothing is paid), the recorded description, ``base_url``
+    ``replay://<world>?rule=...`` and no API key.
+
+    Args:
+        world: ``"zeroeval"`` or ``"llmrouter"``.
+        pool: a named pool, a comma-separated list or a list of recorded names
+            (:mod:`masr_graph.replay.pools`); ``None``: every LLM recorded on ``task``.
+        task: the task the pool serves (ZeroEval's named pools and membership depend on it).
 
     Raises:
-        ConfigError: unknown rule or bad latency.
-        DataError: the outcome data is missing or malformed.
+        ConfigError: unknown world, pool, LLM, rule or bad latency.
+        DataError: the recorded data is missing or malformed.
     """
-    config = ReplayConfig(rule=rule, latency_s=latency_s,
+    config = ReplayConfig(outcome_set=world, rule=rule, latency_s=latency_s,
                           data_dir=None if data_dir is None else str(data_dir))
-    table = load_outcome_table(config.data_dir)
-    return [
-        LLMSpec(
-            name=llm.name,
-            model=llm.model,
-            base_url=config.to_url(),
-            price_in=llm.price_in,
-            price_out=llm.price_out,
-            description=llm.description,
-            max_concurrency=max_concurrency,
-            timeout_s=timeout_s,
-        )
-        for llm in table.llms
-    ]
+    recorded = load_world(world, config.data_dir)
+    names = resolve_pool(world, pool, recorded.llms(task), task)
+    specs = []
+    for name in names:
+        info = recorded.llm_info(name)
+        specs.append(LLMSpec(
+            name=name, model=info.model, base_url=config.to_url(), price_in=info.price_in,
+            price_out=info.price_out, description=info.description,
+            max_concurrency=max_concurrency, timeout_s=timeout_s))
+    return specs
 
 
 def replay_pool(
-    data_dir: Optional[PathLike] = None,
+    world: str = WORLDS[0],
+    pool: PoolSpec = None,
     *,
+    task: Optional[str] = None,
+    data_dir: Optional[PathLike] = None,
     rule: str = DEFAULT_RULE,
     latency_s: float = 0.0,
     max_concurrency: int = DEFAULT_MAX_CONCURRENCY,
@@ -374,22 +346,15 @@ def replay_pool(
 ) -> LLMPool:
     """An :class:`~masr_graph.llm.pool.LLMPool` of :func:`replay_specs`; ``pool_kw`` go to the
     pool (``cache``, ``budget``, ``max_attempts``, ``run_id``...)."""
-    specs = replay_specs(data_dir, rule=rule, latency_s=latency_s, max_concurrency=max_concurrency)
+    specs = replay_specs(world, pool, task=task, data_dir=data_dir, rule=rule,
+                         latency_s=latency_s, max_concurrency=max_concurrency)
     return LLMPool(specs, **pool_kw)
 
 
-TOKEN_RULE = (
-    f"prompt tokens: per message ceil(UTF-8 bytes / {tokens.ESTIMATE_BYTES_PER_TOKEN}) + "
-    f"{tokens.ESTIMATE_TOKENS_PER_MESSAGE}, plus {tokens.ESTIMATE_REPLY_PRIMING_TOKENS} per "
-    f"request; completion tokens: ceil(UTF-8 bytes / {tokens.ESTIMATE_BYTES_PER_TOKEN}) of the "
-    "reply, which is cut at max_tokens (masr_graph.llm.tokens)"
-)
-
-
 def backend_info(source: Union[str, LLMPool, Iterable[LLMSpec], None] = None) -> dict[str, Any]:
-    """What results made with the replay backend must state: backend, collaboration rule (name
-    and exact description), latency, token rule, what the outcome table holds, and the sha256 of
-    every data file it was built from.
+    """What results made with the replay backend must state: world, collaboration rule (name,
+    exact description and calibration table), latency, token rule, what the world holds, and
+    the sha256 of every data file it was built from.
 
     Args:
         source: a pool or its specs (their replay members are described), a ``replay://`` base
@@ -413,19 +378,20 @@ def backend_info(source: Union[str, LLMPool, Iterable[LLMSpec], None] = None) ->
         raise ConfigError(f"the replay LLMs use {len(configs)} configurations "
                           f"({sorted(c.to_url() for c in configs)}); describe them one at a time")
     config = configs.pop()
-    table = load_outcome_table(config.data_dir)
+    world = load_world(config.outcome_set, config.data_dir)
     rule = get_rule(config.rule)
     return {
         "backend": f"{REPLAY_SCHEME}:{config.outcome_set}",
         "base_url": config.to_url(),
+        "costs": "notional: recorded list prices x counted tokens; nothing was paid",
         "collaboration_rule": rule.name,
         "collaboration_rule_description": rule.description,
         "latency_s": config.latency_s,
-        "token_rule": TOKEN_RULE,
-        "llms": llms or list(table.llm_names),
-        "outcomes": table.describe(),
-        "data_dir": str(table.data_dir),
-        "data_checksums": dict(table.data_checksums),
+        "token_rule": tokens.TOKEN_RULE,
+        "llms": llms or world.llms(),
+        "outcomes": world.describe(),
+        "data_dir": str(world.data_dir),
+        "data_checksums": dict(world.data_checksums),
     }
 
 

@@ -477,6 +477,28 @@ def make_replay_split(
     )
 
 
+def recorded_outcome(
+    query: RecordedQuery, llm: str, *, sample_index: int = 0, seed: Optional[int] = None
+) -> bool:
+    """Whether ``llm`` solves ``query`` in this call: its recorded 0/1 score, or for a fractional
+    score ``p`` a Bernoulli(``p``) draw that is a pure function of (``llm``, ``query.id``,
+    ``sample_index``, ``seed``; ``None`` counts as 0).
+
+    Raises:
+        ConfigError: ``llm`` has no recorded score for the query.
+    """
+    try:
+        score = query.scores[llm]
+    except KeyError:
+        raise ConfigError(f"LLM {llm!r} has no recorded score; recorded: "
+                          f"{', '.join(query.scores)}") from None
+    if score >= 1.0 or score <= 0.0:
+        return score >= 1.0
+    key = f"{llm}\x1f{query.id}\x1f{sample_index}\x1f{seed or 0}".encode()
+    uniform = int.from_bytes(hashlib.sha256(key).digest()[:8], "big") / 2.0**64
+    return uniform < score
+
+
 class ReplayBenchmark:
     """The replay benchmark: the recorded queries of the five tasks with a seeded, saved split.
 

@@ -1,18 +1,24 @@
-"""The router: query texts in, :class:`~masr_graph.plan.Plan` objects out.
+"""The router: query texts (and a cost preference λ) in, :class:`~masr_graph.plan.Plan` objects
+out.
 
 ``MasRouter`` embeds the batch's queries (static node texts come from the encoder's cache),
 attaches them to the vocabulary's static graph, runs the heterogeneous graph encoder once for the
-whole batch and then the cascade, in order:
+whole batch, adds the embedding of each query's λ (utility per $, so one router covers the whole
+accuracy–cost front and is steered at inference) and then runs the cascade, in order:
 
 1. task (:class:`TaskClassifier`),
 2. collaboration mode through the variational latent ``z`` (:class:`ModeSelector`),
 3. agent count ``k`` masked to the mode's range (:class:`AgentCounter`),
 4. one role per slot, sequentially, among the task's roles (:class:`RoleAllocator`),
-5. one LLM per agent (:class:`LLMRouter`).
+5. one LLM per agent, sequentially, conditioned on the LLMs already chosen and carrying a
+   ``-λ · price`` term (:class:`LLMRouter`).
 
 Every decision is a categorical draw whose log-probability is kept, so ``log_prob`` of a plan is
 exactly the sum of its stages' log-probabilities (slots at or beyond ``k`` excluded) and
-:meth:`MasRouter.log_prob_of` recomputes it for any given plan.
+:meth:`MasRouter.log_prob_of` recomputes it for any given plan. :meth:`MasRouter.plan_log_probs`
+scores a whole library of candidate plans for every query of a batch at once (the graph pass runs
+once per query), which is what library decoding (:meth:`MasRouter.route` with ``library=``) and
+the library objective of :mod:`masr_graph.router.library` use.
 """
 from __future__ import annotations
 
@@ -30,9 +36,10 @@ from .agent_counter import AgentCounter
 from .encoder import EMBEDDING_DIM, TextEncoder
 from .gnn import HeteroGraphEncoder
 from .graph import attach_queries, build_static_graph
-from .llm_router import LLMRouter, earlier_slots
+from .llm_router import LLMRouter, earlier_slots, typical_call_cost
 from .mode_selector import ModeSelector
 from .role_allocator import RoleAllocator
+from .scoring import mlp
 from .task_classifier import TaskClassifier
 from .vocab import NodeVocab
 
@@ -40,6 +47,18 @@ STAGES: tuple[str, ...] = ("task", "mode", "count", "roles", "llms")
 """Names of the cascade stages, the keys of :attr:`RouterOutput.stage_log_probs`."""
 
 Queries = Union[Sequence[str], Tensor]
+Lambdas = Union[float, Sequence[float], Tensor]
+"""The cost preference λ (utility per $): one value for the batch or one per query."""
+
+LAMBDA_FEATURES = 3
+
+
+def lambda_features(cost_lambda: Tensor) -> Tensor:
+    """``[B, 3]`` features of ``[B]`` λ values: ``log10(1 + λ)`` on two scales (λ spans six
+    orders of magnitude, from "cost is nothing" to "cost is everything") and ``λ > 0``."""
+    scaled = torch.log10(1.0 + cost_lambda)
+    return torch.stack([scaled / 5.0, torch.log10(1.0 + cost_lambda / 100.0) / 3.0,
+                        (cost_lambda > 0).to(cost_lambda.dtype)], -1)
 
 
 ConfigT = TypeVar("ConfigT")
@@ -175,6 +194,7 @@ class MasRouter(nn.Module):
         self.agent_counter = AgentCounter(c.hidden_dim, c.latent_dim, c.max_agents)
         self.role_allocator = RoleAllocator(c.hidden_dim, c.latent_dim)
         self.llm_router = LLMRouter(c.hidden_dim, c.latent_dim)
+        self.lambda_encoder = mlp(LAMBDA_FEATURES, c.hidden_dim, c.hidden_dim)
         self._static_graphs: OrderedDict[str, HeteroData] = OrderedDict()
         self._static_pass_cache: Optional[tuple[Any, list[dict[str, Tensor]]]] = None
 
@@ -276,11 +296,37 @@ class MasRouter(nn.Module):
         return layers
 
     # ---- cascade --------------------------------------------------------------------------
+    def lambdas(self, cost_lambda: Lambdas, batch: int) -> Tensor:
+        """``[batch]`` λ values from a scalar or one per query.
+
+        Raises:
+            RoutingError: a negative or non-finite λ, or the wrong number of values.
+        """
+        values = torch.as_tensor(cost_lambda, dtype=torch.float32).reshape(-1)
+        if values.numel() == 1:
+            values = values.expand(batch)
+        if values.numel() != batch:
+            raise RoutingError(f"cost_lambda has {values.numel()} values for {batch} queries")
+        if not bool(torch.isfinite(values).all()) or bool((values < 0).any()):
+            raise RoutingError(f"cost_lambda must be finite and >= 0 (got {values.tolist()[:4]})")
+        return values.to(self._device())
+
+    def query_states(self, queries: Queries, vocab: NodeVocab, cost_lambda: Lambdas
+                      ) -> tuple[dict[str, Tensor], Tensor, Tensor]:
+        """Graph embeddings of every node, the queries' cascade states (graph embedding plus
+        λ embedding, ``[B, H]``) and their λ values ``[B]``."""
+        query_emb = self.embed_queries(queries).to(self._device())
+        h = self.embed_graph(query_emb, vocab)
+        lam = self.lambdas(cost_lambda, query_emb.size(0))
+        q = h["query"] + self.lambda_encoder(lambda_features(lam).to(h["query"].dtype))
+        return h, q, lam
+
     def forward(
         self,
         queries: Queries,
         vocab: NodeVocab,
         *,
+        cost_lambda: Lambdas = 0.0,
         greedy: bool = False,
         task_labels: Optional[Sequence[Optional[str]]] = None,
         generator: Optional[torch.Generator] = None,
@@ -292,6 +338,8 @@ class MasRouter(nn.Module):
         Args:
             queries: ``B`` query texts, or their ``[B, text_dim]`` embeddings.
             vocab: the tasks, modes, roles and LLMs to choose from.
+            cost_lambda: λ, utility per $ (one value, or one per query): the cost preference
+                the plans are chosen for.
             greedy: take the most probable choice at every stage (and the posterior mean of
                 ``z``) instead of sampling.
             task_labels: optional task name per query (``None`` where unknown). A labelled
@@ -304,25 +352,40 @@ class MasRouter(nn.Module):
             :class:`RouterOutput`.
 
         Raises:
-            RoutingError: empty batch, bad shapes, a mode needing more agents than
+            RoutingError: empty batch, bad shapes, a bad λ, a mode needing more agents than
                 ``max_agents``, or a given plan the router could never produce.
             ConfigError: a task label is not a task of ``vocab``.
         """
-        query_emb = self.embed_queries(queries).to(self._device())
-        batch = query_emb.size(0)
+        h, q, lam = self.query_states(queries, vocab, cost_lambda)
+        batch = q.size(0)
         for label, given in (("task_labels", task_labels), ("plans", plans)):
             if given is not None and len(given) != batch:
                 raise RoutingError(f"{label} has {len(given)} entries for {batch} queries")
+        forced = _plan_indices(plans, vocab, self.config.max_agents) if plans is not None else {}
+        labels = _task_label_indices(task_labels, vocab, batch)
+        return self._cascade(h, q, lam, vocab, forced, labels, greedy=greedy,
+                             generator=generator, latent=latent)
+
+    def _cascade(
+        self,
+        h: dict[str, Tensor],
+        q: Tensor,
+        lam: Tensor,
+        vocab: NodeVocab,
+        forced: dict[str, Tensor],
+        labels: Tensor,
+        *,
+        greedy: bool,
+        generator: Optional[torch.Generator],
+        latent: Optional[Tensor],
+    ) -> RouterOutput:
+        """The five stages for ``[B, H]`` query states (rows may repeat a query)."""
+        batch = q.size(0)
         if latent is not None and latent.shape != (batch, self.config.latent_dim):
             raise RoutingError(
                 f"latent must be [{batch}, {self.config.latent_dim}] (got {list(latent.shape)})"
             )
-        h = self.embed_graph(query_emb, vocab)
         static = self.static_graph(vocab)
-        forced = _plan_indices(plans, vocab, self.config.max_agents) if plans is not None else {}
-        labels = _task_label_indices(task_labels, vocab, batch)
-        q = h["query"]
-
         forced_task = forced.get("task", torch.full((batch,), -1))
         task_logits, task = self.task_classifier(
             q, h["task"], forced=torch.where(labels >= 0, labels, forced_task),
@@ -356,6 +419,7 @@ class MasRouter(nn.Module):
         )
         llms = self.llm_router(
             q, z, mode_emb, h["role"][roles.index], earlier_slots(slots), h["llm"],
+            typical_call_cost(static["llm"].price).to(q.dtype), lam,
             forced=_slots(forced.get("llms"), slots), greedy=greedy, generator=generator,
         )
 
@@ -394,6 +458,51 @@ class MasRouter(nn.Module):
             task_decided=task_decided,
         )
 
+    def plan_log_probs(
+        self,
+        queries: Queries,
+        library: Sequence[Plan],
+        vocab: NodeVocab,
+        *,
+        cost_lambda: Lambdas = 0.0,
+        task_labels: Optional[Sequence[Optional[str]]] = None,
+    ) -> Tensor:
+        """``[B, P]`` log-probability of every plan of ``library`` for every query, at the
+        posterior mean of ``z`` (what greedy decoding uses).
+
+        The graph pass runs once per query; only the cascade runs per (query, plan) pair.
+
+        Raises:
+            RoutingError: as :meth:`forward`, or an empty library.
+        """
+        return self.score_library(queries, library, vocab, cost_lambda=cost_lambda,
+                                  task_labels=task_labels)[0]
+
+    def score_library(
+        self,
+        queries: Queries,
+        library: Sequence[Plan],
+        vocab: NodeVocab,
+        *,
+        cost_lambda: Lambdas = 0.0,
+        task_labels: Optional[Sequence[Optional[str]]] = None,
+    ) -> tuple[Tensor, Tensor, Tensor]:
+        """:meth:`plan_log_probs` with the per-query task logits ``[B, T]`` and latent KL
+        ``[B]`` of the same pass (what training on a library also needs)."""
+        if not library:
+            raise RoutingError("a plan library needs at least one plan (got none)")
+        h, q, lam = self.query_states(queries, vocab, cost_lambda)
+        batch, size = q.size(0), len(library)
+        forced_one = _plan_indices(library, vocab, self.config.max_agents)
+        forced = {key: value.repeat(batch, *([1] * (value.dim() - 1)))
+                  for key, value in forced_one.items()}
+        labels = _task_label_indices(task_labels, vocab, batch).repeat_interleave(size)
+        out = self._cascade(h, q.repeat_interleave(size, 0), lam.repeat_interleave(size),
+                            vocab, forced, labels, greedy=True, generator=None, latent=None)
+        return (out.log_prob.view(batch, size),
+                out.task_logits.view(batch, size, -1)[:, 0],
+                out.kl.view(batch, size)[:, 0])
+
     @torch.no_grad()
     def route(
         self,
@@ -401,17 +510,31 @@ class MasRouter(nn.Module):
         vocab: NodeVocab,
         greedy: bool = True,
         *,
+        cost_lambda: Lambdas = 0.0,
+        library: Optional[Sequence[Plan]] = None,
         generator: Optional[torch.Generator] = None,
     ) -> list[Plan]:
-        """Plans for ``queries`` without tracking gradients (greedy by default).
+        """Plans for ``queries`` without tracking gradients.
 
         Args:
             queries: query texts or ``[B, text_dim]`` embeddings.
             vocab: the pool to route over.
-            greedy: most probable plan; ``False`` samples one.
+            greedy: most probable choice at every stage; ``False`` samples one plan.
+            cost_lambda: λ, utility per $, one value or one per query.
+            library: candidate plans; when given, each query gets the library plan of highest
+                probability under the router (its MAP plan among them; ``greedy`` is then
+                ignored). Stage-wise greedy decoding can miss that plan when probability mass
+                is spread over many plans sharing an early decision.
             generator: random source when sampling.
         """
-        return self.forward(queries, vocab, greedy=greedy, generator=generator).plans
+        if library is not None:
+            scores = self.plan_log_probs(queries, library, vocab, cost_lambda=cost_lambda)
+            best = scores.argmax(-1).tolist()
+            probs = scores.exp()
+            return [library[i].with_probs({"plan": float(probs[b, i])})
+                    for b, i in enumerate(best)]
+        return self.forward(queries, vocab, cost_lambda=cost_lambda, greedy=greedy,
+                            generator=generator).plans
 
     def log_prob_of(
         self,
@@ -419,6 +542,7 @@ class MasRouter(nn.Module):
         plans: Sequence[Plan],
         vocab: NodeVocab,
         *,
+        cost_lambda: Lambdas = 0.0,
         latent: Optional[Tensor] = None,
         task_labels: Optional[Sequence[Optional[str]]] = None,
     ) -> Tensor:
@@ -433,7 +557,8 @@ class MasRouter(nn.Module):
                 tasks, or has an agent count outside its mode's range or above ``max_agents``.
         """
         return self.forward(
-            queries, vocab, greedy=True, plans=plans, latent=latent, task_labels=task_labels
+            queries, vocab, cost_lambda=cost_lambda, greedy=True, plans=plans, latent=latent,
+            task_labels=task_labels,
         ).log_prob
 
     def _device(self) -> torch.device:

@@ -1,8 +1,9 @@
 """Plug-and-play LLM assignment for an external multi-agent team.
 
 Given a team designed elsewhere (its agents' roles and who reads whom), :func:`assign_llms` picks
-an LLM per agent with the router's own LLM-routing head: the same context (query, latent, mode,
-the agent's role, the roles it reads) scored against the same LLM node embeddings. Roles the
+an LLM per agent with the router's own LLM-routing head: the same context (query, λ, latent,
+mode, the agent's role, the roles it reads, the LLMs given to earlier agents) scored against the
+same LLM node embeddings. Roles the
 vocabulary does not know are added as role nodes on the fly, their text being the role string,
 under the task whose description is closest to it, so any team can be served without retraining.
 """
@@ -14,7 +15,7 @@ import torch
 
 from ..errors import RoutingError
 from .controller import MasRouter
-from .llm_router import graph_predecessors
+from .llm_router import graph_predecessors, typical_call_cost
 from .vocab import NodeVocab, RoleNode
 
 
@@ -41,6 +42,7 @@ def assign_llms(
     vocab: NodeVocab,
     *,
     mode: Optional[str] = None,
+    cost_lambda: float = 0.0,
     greedy: bool = True,
     generator: Optional[torch.Generator] = None,
 ) -> list[str]:
@@ -56,6 +58,7 @@ def assign_llms(
         vocab: the LLM pool (and known roles, modes, tasks).
         mode: name of the vocabulary mode closest to the team's way of working; ``None`` lets
             the router's mode selector pick the most probable one for the query.
+        cost_lambda: λ, utility per $: the cost preference the LLMs are chosen for.
         greedy: most probable LLM per agent; ``False`` samples.
         generator: random source when sampling.
 
@@ -80,9 +83,7 @@ def assign_llms(
             f"unknown mode {mode!r}; the vocabulary has: {', '.join(vocab.names('modes'))}"
         )
     team_vocab = _with_team_roles(router, roles, vocab)
-    query_emb = router.embed_queries([query])
-    h = router.embed_graph(query_emb, team_vocab)
-    q = h["query"]
+    h, q, lam = router.query_states([query], team_vocab, cost_lambda)
     _, task = router.task_classifier(q, h["task"], greedy=True)
     modes_valid = torch.ones(len(team_vocab.modes), dtype=torch.bool)
     forced_mode = None if mode is None else torch.tensor([team_vocab.index("modes", mode)])
@@ -90,9 +91,10 @@ def assign_llms(
         q, h["task"][task.index], h["mode"], modes_valid, forced=forced_mode, greedy=True
     )
     role_index = torch.tensor([team_vocab.index("roles", r) for r in roles])
+    price = router.static_graph(team_vocab)["llm"].price
     choice = router.llm_router(
         q, decision.latent, h["mode"][decision.choice.index],
         h["role"][role_index].unsqueeze(0), graph_predecessors(size, list(edges)), h["llm"],
-        greedy=greedy, generator=generator,
+        typical_call_cost(price).to(q.dtype), lam, greedy=greedy, generator=generator,
     )
     return [team_vocab.llms[i].name for i in choice.index[0].tolist()]

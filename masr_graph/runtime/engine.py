@@ -453,19 +453,20 @@ class MASExecutor:
         )
         state = _Run(resolved, query, query_id, output_format, seed, sample_index, trace)
         probs = edge_probabilities(topology, plan)
+        working = topology.working_agents(plan.k)
         previous: dict[int, AgentStep] = {}
         for round_index in range(topology.rounds):
             edges, log_prob = sample_spatial_edges(
                 probs, round_rng(seed, query_id, sample_index, round_index)
             )
             graph = nx.DiGraph()
-            graph.add_nodes_from(range(plan.k))
+            graph.add_nodes_from(range(working))
             graph.add_edges_from(edges)
             if not nx.is_directed_acyclic_graph(graph):
                 raise TopologyError(
                     f"topology {topology.name!r}: sampled spatial edges {edges} contain a cycle"
                 )
-            temporal = topology.temporal_edges(plan.k) if round_index > 0 else []
+            temporal = topology.temporal_edges(working) if round_index > 0 else []
             trace.rounds.append(RoundRecord(round_index, edges, list(temporal), log_prob))
             trace.edge_log_prob += log_prob
             current: dict[int, AgentStep] = {}
@@ -485,7 +486,7 @@ class MASExecutor:
                     current[step.agent] = step  # type: ignore[index]  # agent steps have an index
                     trace.steps.append(step)
             previous = current
-        await self._decide(state, [previous[a] for a in range(plan.k)], answer_key)
+        await self._decide(state, [previous[a] for a in range(working)], answer_key)
         trace.wall_s = time.perf_counter() - started
         return trace
 
@@ -555,6 +556,8 @@ class MASExecutor:
             saw=saw,
             messages=messages if self.keep_messages else None,
         )
+        shown = [*temporal, *spatial]
+        previous = next((s for s in temporal if s.agent == agent and s.ok), None)
         context = CallContext(
             query_id=state.query_id,
             agent=agent,
@@ -562,6 +565,8 @@ class MASExecutor:
             kind="agent",
             role=role.name,
             query=state.query,
+            peers=tuple(s.shared_text for s in shown if s.agent != agent and s.ok),
+            previous=None if previous is None else previous.shared_text,
             sample_index=state.sample_index,
             run_id=self.run_id,
         )
@@ -632,6 +637,9 @@ class MASExecutor:
             candidates=[s.agent for s in candidates],  # type: ignore[misc]  # agents have indices
         )
         trace.decision = decision
+        if topology.decision == "escalate":
+            await self._escalate(state, finals, candidates, answer_key)
+            return
         if not candidates:
             decision.error = trace.error = (
                 f"all {len(finals)} agents failed in the last round; no answer to decide on"
@@ -652,6 +660,45 @@ class MASExecutor:
             decision.fallback = "majority_vote"
         vote = majority_vote([s.output or "" for s in candidates], answer_key)
         decision.keys = [None if key is None else repr(key) for key in vote.keys]
+        decision.chosen_agent = candidates[vote.winner].agent
+        trace.final_answer = candidates[vote.winner].output or ""
+
+    async def _escalate(
+        self,
+        state: _Run,
+        finals: list[AgentStep],
+        candidates: list[AgentStep],
+        answer_key: Optional[AnswerKey],
+    ) -> None:
+        """The ``escalate`` decision: the agents' common answer if every agent answered and all
+        answers share one key; otherwise the expert (the last slot) answers the query alone,
+        seeing none of the answers, and its answer is final (a failed expert falls back to a
+        vote)."""
+        trace, decision = state.trace, state.trace.decision
+        assert decision is not None
+        vote = majority_vote([s.output or "" for s in candidates], answer_key) if candidates else None
+        if vote is not None:
+            decision.keys = [None if key is None else repr(key) for key in vote.keys]
+        agreed = (vote is not None and len(candidates) == len(finals)
+                  and vote.keys[0] is not None and vote.count == len(candidates))
+        if agreed:
+            decision.method = "unanimous"
+            decision.chosen_agent = candidates[0].agent
+            trace.final_answer = candidates[0].output or ""
+            return
+        expert_slot = state.resolved.plan.k - 1
+        expert = await self._run_agent(state, expert_slot, 0, temporal=[], spatial=[])
+        trace.steps.append(expert)
+        decision.method = "escalated"
+        if expert.ok:
+            decision.chosen_agent = expert_slot
+            trace.final_answer = expert.output or ""
+            return
+        decision.error = expert.error
+        if vote is None:
+            trace.error = f"every agent and the escalation expert failed: {expert.error}"
+            return
+        decision.fallback = "majority_vote"
         decision.chosen_agent = candidates[vote.winner].agent
         trace.final_answer = candidates[vote.winner].output or ""
 

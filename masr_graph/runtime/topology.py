@@ -46,10 +46,12 @@ import yaml
 
 from ..errors import TopologyError
 
-DECISION_METHODS: tuple[str, ...] = ("final_refer", "majority_vote")
+DECISION_METHODS: tuple[str, ...] = ("final_refer", "majority_vote", "escalate")
 """How the decision node turns the agents' last-round outputs into the final answer:
-``final_refer`` asks an LLM to read them all and answer; ``majority_vote`` counts answer keys.
-With a single candidate the decision node is the identity whatever the method."""
+``final_refer`` asks an LLM to read them all and answer; ``majority_vote`` counts answer keys;
+``escalate`` holds the last agent slot back as an expert: the other agents' answer stands when
+they all agree, and only when they do not does the expert answer the query, alone, and its answer
+is final. With a single candidate ``final_refer`` and ``majority_vote`` are the identity."""
 
 VALIDATED_MAX_K = 8
 """Registration checks every agent count from ``min_agents`` up to this (or ``max_agents``)."""
@@ -146,6 +148,11 @@ class Topology:
             return ""
         return self.round_instructions[min(round, len(self.round_instructions) - 1)]
 
+    def working_agents(self, k: int) -> int:
+        """How many of the ``k`` slots run in the rounds: all of them, except for ``escalate``,
+        whose last slot is the expert the decision node calls only on disagreement."""
+        return k - 1 if self.decision == "escalate" else k
+
     def admits(self, k: int) -> bool:
         """Whether ``k`` agents is within ``[min_agents, max_agents]``."""
         return k >= self.min_agents and (self.max_agents is None or k <= self.max_agents)
@@ -236,6 +243,11 @@ def _check_declaration(topology: Topology) -> None:
     if topology.decision not in DECISION_METHODS:
         raise TopologyError(
             f"{where}: 'decision' is {topology.decision!r}; allowed: {', '.join(DECISION_METHODS)}"
+        )
+    if topology.decision == "escalate" and topology.min_agents < 3:
+        raise TopologyError(
+            f"{where}: an escalate decision needs min_agents >= 3 (at least two agents that can "
+            f"disagree, plus the expert slot); got {topology.min_agents}"
         )
     low, high = topology.min_agents, topology.max_agents
     if isinstance(low, bool) or not isinstance(low, int) or low < 1:

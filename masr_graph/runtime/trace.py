@@ -92,9 +92,10 @@ class DecisionStep:
     """How the final answer was chosen.
 
     Args:
-        method: ``"identity"`` (at most one candidate), ``"majority_vote"`` or
-            ``"final_refer"``; a final refer whose call failed falls back to a vote and says so
-            in ``fallback``.
+        method: ``"identity"`` (at most one candidate), ``"majority_vote"``,
+            ``"final_refer"``, or for an escalate decision ``"unanimous"`` (the agents agreed)
+            or ``"escalated"`` (the expert slot answered); a final refer or expert whose call
+            failed falls back to a vote and says so in ``fallback``.
         candidates: agent indices whose last-round outputs were successful candidates.
         keys: for a vote, the answer key of each candidate (``repr``, ``None`` when none was
             extracted), aligned with ``candidates``.

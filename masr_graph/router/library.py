@@ -1,0 +1,261 @@
+"""Learning per-query plans from executed outcomes of a plan library (the router's warm start).
+
+A *plan library* is a set of candidate multi-agent systems (single LLMs, votes of several LLMs,
+escalation teams, debates...). Once each has been run on the training queries — on replay worlds
+for free, on real endpoints for what those calls cost — the outcome of every candidate on every
+training query is known, and the expected utility of the router's policy restricted to the
+library is an exact, differentiable function of its parameters:
+
+    J(q, λ) = Σ_p w_p(q, λ) · (correct_p(q) − λ · cost_p(q))  +  τ · H(w(q, λ)),
+    w(q, λ) = softmax over the library of log π(p | q, λ)
+
+(the full-information policy gradient: every candidate's reward is observed, so no sampling
+noise; the entropy term's optimum is ``w ∝ exp(utility / τ)``, a Boltzmann policy over
+utilities). :class:`LibraryTrainer` maximises the mean of ``J`` over training queries and λ values
+drawn from the sweep, so one router covers the whole front; it keeps the weights with the best
+validation utility (each validation query routed to its most probable library plan, scored by
+that plan's executed outcome) and reports that curve, whose x-axis — plan executions — is what a
+user pays to train.
+
+Routing then uses library decoding (:meth:`MasRouter.route` with ``library=``): the library plan
+of highest probability for the query and λ.
+"""
+from __future__ import annotations
+
+import copy
+import math
+from dataclasses import asdict, dataclass, field
+from typing import Optional, Sequence
+
+import torch
+import torch.nn.functional as F
+
+from ..errors import ConfigError
+from ..plan import Plan
+from .controller import MasRouter
+from .vocab import NodeVocab
+
+
+@dataclass(frozen=True)
+class LibraryOutcomes:
+    """Executed outcomes of a plan library on a set of queries.
+
+    Args:
+        plans: the library (``P`` plans).
+        queries: the ``N`` query texts (or ids of embeddings the router's encoder caches).
+        correct: ``[N, P]`` 1.0 where plan ``p`` solved query ``n``.
+        cost: ``[N, P]`` $ plan ``p`` cost on query ``n`` (what the calls cost when first made).
+        task_labels: the task name of each query (``None`` where unknown).
+
+    Raises:
+        ConfigError: shapes that do not match, or a negative or non-finite cost.
+    """
+
+    plans: tuple[Plan, ...]
+    queries: tuple[str, ...]
+    correct: torch.Tensor
+    cost: torch.Tensor
+    task_labels: tuple[Optional[str], ...] = ()
+
+    def __post_init__(self) -> None:
+        shape = (len(self.queries), len(self.plans))
+        for name in ("correct", "cost"):
+            value = getattr(self, name)
+            if tuple(value.shape) != shape:
+                raise ConfigError(f"LibraryOutcomes.{name} is {list(value.shape)}, expected "
+                                  f"[{shape[0]} queries, {shape[1]} plans]")
+        if not bool(torch.isfinite(self.cost).all()) or bool((self.cost < 0).any()):
+            raise ConfigError("LibraryOutcomes.cost must be finite and >= 0")
+        if self.task_labels and len(self.task_labels) != shape[0]:
+            raise ConfigError(f"{len(self.task_labels)} task labels for {shape[0]} queries")
+
+    def utility(self, cost_lambda: torch.Tensor) -> torch.Tensor:
+        """``[N, P]`` utility at ``[N]`` (or scalar) λ."""
+        lam = torch.as_tensor(cost_lambda, dtype=self.cost.dtype).reshape(-1, 1)
+        return self.correct - lam * self.cost
+
+    def subset(self, rows: Sequence[int]) -> "LibraryOutcomes":
+        """The outcomes of the queries at ``rows``."""
+        index = torch.as_tensor(list(rows), dtype=torch.long)
+        labels = tuple(self.task_labels[i] for i in rows) if self.task_labels else ()
+        return LibraryOutcomes(self.plans, tuple(self.queries[i] for i in rows),
+                               self.correct[index], self.cost[index], labels)
+
+    @property
+    def executions(self) -> int:
+        """Plan executions these outcomes took (queries x plans)."""
+        return len(self.queries) * len(self.plans)
+
+
+@dataclass(frozen=True)
+class LibraryConfig:
+    """Hyper-parameters of :class:`LibraryTrainer` (stored in checkpoints).
+
+    Args:
+        lambdas: the λ values (utility per $) training draws from, one per query and step.
+        steps: optimisation steps.
+        batch_size: queries per step.
+        learning_rate: Adam learning rate.
+        weight_decay: Adam weight decay.
+        temperature: τ, in utility units: the entropy weight (how close to deterministic the
+            policy may become; 0.02 lets two plans 0.02 apart in expected utility differ by a
+            factor e in probability).
+        task_ce_weight: weight of the task cross-entropy on labelled queries.
+        kl_weight: weight of the mode latent's KL term.
+        eval_every: steps between validation passes (model selection).
+        seed: seed of batch order and λ draws.
+    """
+
+    lambdas: tuple[float, ...] = (0.0, 10.0, 100.0, 1000.0, 10000.0)
+    steps: int = 300
+    batch_size: int = 32
+    learning_rate: float = 3e-3
+    weight_decay: float = 1e-4
+    temperature: float = 0.02
+    task_ce_weight: float = 1.0
+    kl_weight: float = 0.01
+    eval_every: int = 25
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "lambdas", tuple(float(v) for v in self.lambdas))
+        if not self.lambdas or any(not math.isfinite(v) or v < 0 for v in self.lambdas):
+            raise ConfigError(f"LibraryConfig.lambdas must be finite values >= 0 "
+                              f"(got {self.lambdas})")
+        for name in ("steps", "batch_size", "eval_every"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ConfigError(f"LibraryConfig.{name} must be an int >= 1 (got {value!r})")
+        for name in ("learning_rate", "temperature"):
+            if not getattr(self, name) > 0:
+                raise ConfigError(f"LibraryConfig.{name} must be > 0 (got {getattr(self, name)})")
+        for name in ("weight_decay", "task_ce_weight", "kl_weight"):
+            if not getattr(self, name) >= 0:
+                raise ConfigError(f"LibraryConfig.{name} must be >= 0 (got {getattr(self, name)})")
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+@dataclass
+class LibraryPoint:
+    """One validation pass: the step, the plan executions the training data took, the mean
+    training objective since the last pass and the validation utility per λ."""
+
+    step: int
+    executions: int
+    train_objective: float
+    validation_utility: dict[float, float] = field(default_factory=dict)
+
+    @property
+    def mean_validation_utility(self) -> float:
+        return sum(self.validation_utility.values()) / max(len(self.validation_utility), 1)
+
+
+def validation_utility(router: MasRouter, vocab: NodeVocab, outcomes: LibraryOutcomes,
+                       lambdas: Sequence[float]) -> dict[float, float]:
+    """Mean utility, per λ, of routing every query of ``outcomes`` to its most probable library
+    plan (scored by that plan's executed outcome on the query)."""
+    router.eval()
+    result = {}
+    with torch.no_grad():
+        for lam in lambdas:
+            scores = router.plan_log_probs(list(outcomes.queries), outcomes.plans, vocab,
+                                           cost_lambda=lam)
+            chosen = scores.argmax(-1)
+            utility = outcomes.utility(torch.tensor(lam)).gather(1, chosen.unsqueeze(1))
+            result[float(lam)] = float(utility.mean())
+    return result
+
+
+class LibraryTrainer:
+    """Maximises the library objective (see the module docstring) and keeps the best weights.
+
+    Args:
+        router: the router (trained in place; at the end it holds the selected weights).
+        vocab: the vocabulary the library's plans are drawn from.
+        train: outcomes on the training queries.
+        validation: outcomes on the validation queries (model selection); ``None`` keeps the
+            last weights.
+        config: hyper-parameters.
+    """
+
+    def __init__(self, router: MasRouter, vocab: NodeVocab, train: LibraryOutcomes,
+                 validation: Optional[LibraryOutcomes] = None,
+                 config: Optional[LibraryConfig] = None):
+        if validation is not None and validation.plans != train.plans:
+            raise ConfigError("train and validation outcomes must be of the same plan library")
+        self.router, self.vocab = router, vocab
+        self.train, self.validation = train, validation
+        self.config = config or LibraryConfig()
+        self.generator = torch.Generator().manual_seed(self.config.seed)
+        self.optimizer = torch.optim.Adam(router.parameters(), lr=self.config.learning_rate,
+                                          weight_decay=self.config.weight_decay)
+        self.history: list[LibraryPoint] = []
+        self.best_step = 0
+
+    def objective(self, rows: Sequence[int], lambdas: torch.Tensor) -> tuple[torch.Tensor, dict]:
+        """The loss of one batch and its parts (mean over the batch)."""
+        c = self.config
+        batch = self.train.subset(rows)
+        labels = list(batch.task_labels) if batch.task_labels else None
+        self.router.train()
+        scores, task_logits, kl = self.router.score_library(
+            list(batch.queries), batch.plans, self.vocab, cost_lambda=lambdas,
+            task_labels=labels)
+        weights = F.softmax(scores, -1)
+        utility = batch.utility(lambdas)
+        expected = (weights * utility).sum(-1)
+        entropy = -(weights * F.log_softmax(scores, -1)).sum(-1)
+        loss = -(expected + c.temperature * entropy).mean() + c.kl_weight * kl.mean()
+        parts = {"expected_utility": float(expected.mean()), "entropy": float(entropy.mean())}
+        if labels is not None and c.task_ce_weight:
+            target = torch.tensor([self.vocab.index("tasks", label) for label in labels])
+            task_ce = F.cross_entropy(task_logits, target)
+            loss = loss + c.task_ce_weight * task_ce
+            parts["task_ce"] = float(task_ce)
+        return loss, parts
+
+    def fit(self, *, progress: bool = False) -> list[LibraryPoint]:
+        """Run :attr:`config.steps` steps; validate every ``eval_every`` steps and at the end.
+
+        Returns:
+            The validation curve (one :class:`LibraryPoint` per pass).
+        """
+        from tqdm.auto import tqdm
+
+        c = self.config
+        size = len(self.train.queries)
+        lambda_grid = torch.tensor(c.lambdas)
+        best_state, best_value = None, -math.inf
+        order: list[int] = []
+        running: list[float] = []
+        for step in tqdm(range(1, c.steps + 1), disable=not progress, desc="library objective"):
+            if len(order) < c.batch_size:
+                order += torch.randperm(size, generator=self.generator).tolist()
+            rows, order = order[:min(c.batch_size, size)], order[min(c.batch_size, size):]
+            lambdas = lambda_grid[torch.randint(len(c.lambdas), (len(rows),),
+                                                generator=self.generator)]
+            loss, parts = self.objective(rows, lambdas)
+            self.optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(self.router.parameters(), 1.0)
+            self.optimizer.step()
+            running.append(parts["expected_utility"])
+            if step % c.eval_every == 0 or step == c.steps:
+                point = LibraryPoint(step, self.train.executions, sum(running) / len(running))
+                running = []
+                if self.validation is not None:
+                    point.validation_utility = validation_utility(
+                        self.router, self.vocab, self.validation, c.lambdas)
+                    if point.mean_validation_utility > best_value:
+                        best_value = point.mean_validation_utility
+                        best_state = copy.deepcopy(self.router.state_dict())
+                        self.best_step = step
+                self.history.append(point)
+        if best_state is not None:
+            self.router.load_state_dict(best_state)
+        else:
+            self.best_step = c.steps
+        self.router.eval()
+        return self.history
