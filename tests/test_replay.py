@@ -1,8 +1,9 @@
-"""The replay backend, proved through the real pipeline: prompts built by the runtime engine go
-through an LLMPool to the replay transport, and the replies are scored by the benchmarks' own
-evaluators (code in the sandbox). Also: the outcome table and split against the raw files, query
-matching, typed errors, usage and cost, cache and budget, the collaboration rule, fractional
-scores, latency and backend_info."""
+"""The replay backend's LLMRouter world, proved through the real pipeline: prompts built by the
+runtime engine go through an LLMPool to the replay transport, and the replies are scored by the
+benchmarks' own evaluators (code in the sandbox). Also: the outcome table and split against the
+raw files, query matching, typed errors, usage and cost, cache and budget, the stubborn rule,
+fractional scores, latency and backend_info. (The ZeroEval world and the calibrated rule have
+their own files.)"""
 
 from __future__ import annotations
 
@@ -32,29 +33,28 @@ from masr_graph.llm import (
     LLMPool,
     LLMSpec,
     ResponseCache,
-    estimate_prompt_tokens,
-    estimate_text_tokens,
     prompt_tokens_upper_bound,
 )
 from masr_graph.plan import Plan
 from masr_graph.replay import (
-    REPLAY_TASKS,
     QueryMatcher,
     RecordedQuery,
-    ReplayBenchmark,
     ReplayTransport,
     RuleCall,
     backend_info,
     load_outcome_table,
-    make_replay_split,
+    load_world,
     recorded_outcome,
     register_rule,
-    replay_pool,
-    replay_specs,
     rule_names,
     synthesize_reply,
+    world_split,
 )
+from masr_graph.replay import replay_pool as any_world_pool
+from masr_graph.replay import replay_specs as any_world_specs
 from masr_graph.replay import rules as rules_module
+from masr_graph.replay import tokens
+from masr_graph.replay.outcomes import REPLAY_TASKS
 from masr_graph.runtime.decision import final_refer_messages
 from masr_graph.runtime.engine import MASExecutor, QueryItem
 from masr_graph.runtime.roles import roles_for_domain
@@ -69,6 +69,15 @@ RECORDED_TASK = {
     "mmlu": "mmlu",
 }
 ENGINE_MAX_TOKENS = 512  # MASExecutor's default completion cap
+
+
+def replay_pool(**kwargs):
+    """The LLMRouter world's pool under the stubborn rule (the rule these tests are about)."""
+    return any_world_pool("llmrouter", rule=kwargs.pop("rule", "stubborn"), **kwargs)
+
+
+def replay_specs(**kwargs):
+    return any_world_specs("llmrouter", rule=kwargs.pop("rule", "stubborn"), **kwargs)
 
 
 @pytest.fixture(scope="module")
@@ -236,35 +245,32 @@ def test_recorded_llms_have_real_prices_and_descriptions(table):
         assert spec.description == described[name]["feature"]
         assert spec.model == described[name]["model"]
         assert spec.api_key_env is None and spec.base_url == "replay://llmrouter?rule=stubborn"
+    assert any_world_specs("llmrouter")[0].base_url == "replay://llmrouter?rule=calibrated"
 
 
 def test_split_is_seeded_stratified_and_keeps_test_json_in_test(table, tmp_path):
-    split = make_replay_split(table, seed=0)
-    again = make_replay_split(table, seed=0)
-    other = make_replay_split(table, seed=1)
-    assert split.train_ids == again.train_ids and split.test_ids == again.test_ids
-    assert split.train_ids != other.train_ids
-    train, test = set(split.train_ids), set(split.test_ids)
-    assert not train & test and train | test == {q.id for q in table.queries}
+    world = load_world("llmrouter")
     for task in REPLAY_TASKS:
+        split = world_split(world, task, seed=0)
+        assert split == world_split(world, task, seed=0)
+        assert split.train_ids != world_split(world, task, seed=1).train_ids
+        parts = [set(split.ids(part)) for part in ("train", "validation", "test")]
+        assert not (parts[0] & parts[1] or parts[0] & parts[2] or parts[1] & parts[2])
         queries = table.task_queries(task)
-        assert sum(q.id in train for q in queries) == round(0.2 * len(queries))
-    assert all(q.id in test for q in table.queries if q.in_test_file)
-
+        assert set.union(*parts) == {q.id for q in queries}
+        assert len(parts[0]) == round(0.4 * len(queries))
+        assert len(parts[1]) == round(0.2 * len(queries))
+        assert all(q.id in parts[2] for q in queries if q.in_test_file)
     path = tmp_path / "split.json"
-    bench = ReplayBenchmark(seed=0, split_file=path)
-    assert path.exists() and bench.split.train_ids == split.train_ids
-    reloaded = ReplayBenchmark(seed=0, split_file=path)
-    assert [e.id for e in reloaded.examples("test", "mmlu")] == [
-        q.id for q in table.task_queries("mmlu") if q.id in test
-    ]
+    split = world_split(world, "mmlu", seed=0, split_file=path)
+    assert world_split(world, "mmlu", seed=0, split_file=path) == split
     with pytest.raises(ConfigError, match="seed 0"):
-        ReplayBenchmark(seed=3, split_file=path)
+        world_split(world, "mmlu", seed=3, split_file=path)
     payload = json.loads(path.read_text())
     payload["data_checksums"]["outcomes/llmrouter/train.json"] = "0" * 64
     path.write_text(json.dumps(payload))
     with pytest.raises(DataError, match="other data"):
-        ReplayBenchmark(seed=0, split_file=path)
+        world_split(world, "mmlu", seed=0, split_file=path)
 
 
 # --------------------------------------------------------------------------- replies
@@ -288,7 +294,8 @@ async def test_every_correct_reply_passes_and_every_wrong_reply_fails(table):
     for query in table.queries:
         replies = {synthesize_reply(query.example, llm, True) for llm in table.llm_names}
         assert len(replies) == 1
-        assert estimate_text_tokens(replies.pop()) <= ENGINE_MAX_TOKENS
+        reply = replies.pop()
+        assert max(tokens.count_text(llm, reply) for llm in table.llm_names) <= ENGINE_MAX_TOKENS
 
 
 async def test_batched_code_verdicts_agree_with_the_evaluators(table):
@@ -471,8 +478,8 @@ async def test_usage_follows_the_token_rule_and_cost_the_recorded_prices(table):
     for llm in ("gemma-2-9b-it", "llama3-chatqa-1.5-70b"):
         result = await pool.chat(llm, messages)
         record = result.record
-        assert record.prompt_tokens == estimate_prompt_tokens(messages)
-        assert record.completion_tokens == estimate_text_tokens(result.text)
+        assert record.prompt_tokens == tokens.count_prompt(llm, messages)
+        assert record.completion_tokens == tokens.count_text(llm, result.text)
         price_in, price_out = described[llm]["input_price"], described[llm]["output_price"]
         assert record.cost_usd == pytest.approx(
             (record.prompt_tokens * price_in + record.completion_tokens * price_out) / 1e6
@@ -651,7 +658,7 @@ async def test_rules_are_pluggable_and_named_in_every_output(table, monkeypatch)
         description = "always-right: every call replies correctly (an upper bound for tests)."
 
         def reply(self, call: RuleCall) -> str:
-            return call.write_reply(True)
+            return synthesize_reply(call.example, call.llm, True)
 
     register_rule(AlwaysRight())
     assert "always-right" in rule_names() and "stubborn" in rule_names()
@@ -677,12 +684,14 @@ def test_backend_info_names_backend_rule_and_data(table):
     info = backend_info(replay_pool())
     assert info["backend"] == "replay:llmrouter" and info["collaboration_rule"] == "stubborn"
     assert "decision node" in info["collaboration_rule_description"]
-    assert "UTF-8 bytes" in info["token_rule"] and info["latency_s"] == 0.0
+    assert "real BPE tokenizer" in info["token_rule"] and info["latency_s"] == 0.0
+    assert info["costs"].startswith("notional")
     assert sorted(info["llms"]) == sorted(table.llm_names)
     for name, digest in info["data_checksums"].items():
         assert digest == hashlib.sha256((resolve_data_dir() / name).read_bytes()).hexdigest()
     assert "outcomes/llmrouter/train.json" in info["data_checksums"]
-    assert backend_info() == {**info, "llms": list(table.llm_names)}
+    assert backend_info("replay://llmrouter?rule=stubborn") == {**info,
+                                                                "llms": list(table.llm_names)}
     real = LLMSpec("gpt", "gpt-4o", "https://api.openai.com/v1", 1.0, 1.0, "x", "OPENAI_API_KEY")
     with pytest.raises(ConfigError, match="no replay LLM"):
         backend_info([real])
@@ -694,11 +703,11 @@ def test_backend_info_names_backend_rule_and_data(table):
 def test_bad_replay_configuration_fails_before_any_call():
     good = replay_specs()[0]
     unknown_model = LLMSpec("x", "acme/unknown-7b", good.base_url, 0.1, 0.1, "x")
-    with pytest.raises(ConfigError, match="no recorded outcomes"):
+    with pytest.raises(ConfigError, match="has no recordings in the llmrouter world"):
         LLMPool([unknown_model])
     for url, message in (
         ("replay://llmrouter?temperature=1", "unknown parameter"),
-        ("replay://other", "unknown replay outcome set"),
+        ("replay://other", "unknown replay world"),
         ("replay://llmrouter?latency_s=fast", "latency_s"),
         ("replay://llmrouter?rule=nope", "unknown collaboration rule"),
     ):

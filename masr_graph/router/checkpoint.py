@@ -1,5 +1,6 @@
-"""Router checkpoints: weights, configuration, the vocabulary trained on and, optionally, the
-trainer's state (optimizer, step, random state, baseline) for exact resumption.
+"""Router checkpoints: weights, configuration, the vocabulary trained on, optionally the plan
+library it decodes over (:meth:`MasRouter.route` with ``library=``) and the trainer's state
+(optimizer, step, random state, baseline) for exact resumption.
 
 A checkpoint holds only tensors and plain Python data, so it is read with
 ``torch.load(weights_only=True)``: loading a file never runs code from it. The vocabulary stored
@@ -11,16 +12,18 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Optional, Union
+from typing import Any, Optional, Sequence, Union
 
 import torch
 
 from ..errors import ConfigError
+from ..plan import Plan
 from .controller import MasRouter, RouterConfig
 from .encoder import TextEncoder
 from .vocab import NodeVocab
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
+"""Version 2 added the plan library; version-1 files (no library) are still read."""
 
 
 @dataclass
@@ -32,11 +35,14 @@ class Checkpoint:
         vocab: the vocabulary it was saved with.
         trainer_state: what :meth:`masr_graph.router.trainer.Trainer.state_dict` returned,
             or ``None`` for a router-only checkpoint.
+        library: the candidate plans the router was trained to choose among (empty when it
+            decodes stage by stage).
     """
 
     router: MasRouter
     vocab: NodeVocab
     trainer_state: Optional[dict[str, Any]]
+    library: tuple[Plan, ...] = ()
 
 
 def save_checkpoint(
@@ -45,6 +51,7 @@ def save_checkpoint(
     vocab: NodeVocab,
     *,
     trainer_state: Optional[dict[str, Any]] = None,
+    library: Sequence[Plan] = (),
 ) -> Path:
     """Write a checkpoint atomically (a crash never leaves a half-written file).
 
@@ -59,6 +66,7 @@ def save_checkpoint(
         "state_dict": router.state_dict(),
         "vocab": vocab.to_dict(),
         "trainer": trainer_state,
+        "library": [plan.to_dict() for plan in library],
     }
     tmp = target.with_name(target.name + ".tmp")
     torch.save(payload, tmp)
@@ -87,10 +95,11 @@ def load_checkpoint(
         payload = torch.load(source, map_location="cpu", weights_only=True)
     except Exception as exc:  # torch raises several unrelated types for a bad file
         raise ConfigError(f"checkpoint {source} is not readable: {exc}") from exc
-    if not isinstance(payload, dict) or payload.get("format") != FORMAT_VERSION:
+    if not isinstance(payload, dict) or payload.get("format") not in (1, FORMAT_VERSION):
         found = payload.get("format") if isinstance(payload, dict) else type(payload).__name__
         raise ConfigError(
-            f"checkpoint {source} has format {found!r}; this version reads format {FORMAT_VERSION}"
+            f"checkpoint {source} has format {found!r}; this version reads formats 1 and "
+            f"{FORMAT_VERSION}"
         )
     router = MasRouter(RouterConfig.from_dict(payload["router_config"]), encoder=encoder)
     try:
@@ -102,4 +111,5 @@ def load_checkpoint(
         router=router,
         vocab=NodeVocab.from_dict(payload["vocab"]),
         trainer_state=payload["trainer"],
+        library=tuple(Plan.from_dict(plan) for plan in payload.get("library", ())),
     )

@@ -195,6 +195,9 @@ class MasRouter(nn.Module):
         self.role_allocator = RoleAllocator(c.hidden_dim, c.latent_dim)
         self.llm_router = LLMRouter(c.hidden_dim, c.latent_dim)
         self.lambda_encoder = mlp(LAMBDA_FEATURES, c.hidden_dim, c.hidden_dim)
+        # The query's own text embedding, straight to the cascade: after the graph layers a
+        # query node is mostly what its neighbours say, and per-query choices need its identity.
+        self.query_projection = nn.Linear(c.text_dim, c.hidden_dim)
         self._static_graphs: OrderedDict[str, HeteroData] = OrderedDict()
         self._static_pass_cache: Optional[tuple[Any, list[dict[str, Tensor]]]] = None
 
@@ -318,7 +321,9 @@ class MasRouter(nn.Module):
         query_emb = self.embed_queries(queries).to(self._device())
         h = self.embed_graph(query_emb, vocab)
         lam = self.lambdas(cost_lambda, query_emb.size(0))
-        q = h["query"] + self.lambda_encoder(lambda_features(lam).to(h["query"].dtype))
+        dtype = h["query"].dtype
+        q = (h["query"] + self.query_projection(query_emb.to(dtype))
+             + self.lambda_encoder(lambda_features(lam).to(dtype)))
         return h, q, lam
 
     def forward(

@@ -87,6 +87,9 @@ class LibraryOutcomes:
         return len(self.queries) * len(self.plans)
 
 
+OBJECTIVES = ("soft_targets", "expected_utility")
+
+
 @dataclass(frozen=True)
 class LibraryConfig:
     """Hyper-parameters of :class:`LibraryTrainer` (stored in checkpoints).
@@ -107,6 +110,7 @@ class LibraryConfig:
     """
 
     lambdas: tuple[float, ...] = (0.0, 10.0, 100.0, 1000.0, 10000.0)
+    objective: str = "soft_targets"
     steps: int = 300
     batch_size: int = 32
     learning_rate: float = 3e-3
@@ -119,6 +123,9 @@ class LibraryConfig:
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "lambdas", tuple(float(v) for v in self.lambdas))
+        if self.objective not in OBJECTIVES:
+            raise ConfigError(f"LibraryConfig.objective is {self.objective!r}; allowed: "
+                              f"{', '.join(OBJECTIVES)}")
         if not self.lambdas or any(not math.isfinite(v) or v < 0 for v in self.lambdas):
             raise ConfigError(f"LibraryConfig.lambdas must be finite values >= 0 "
                               f"(got {self.lambdas})")
@@ -206,14 +213,21 @@ class LibraryTrainer:
         weights = F.softmax(scores, -1)
         utility = batch.utility(lambdas)
         expected = (weights * utility).sum(-1)
-        entropy = -(weights * F.log_softmax(scores, -1)).sum(-1)
-        loss = -(expected + c.temperature * entropy).mean() + c.kl_weight * kl.mean()
-        parts = {"expected_utility": float(expected.mean()), "entropy": float(entropy.mean())}
+        log_weights = F.log_softmax(scores, -1)
+        entropy = -(weights * log_weights).sum(-1)
+        if c.objective == "expected_utility":
+            fit = -(expected + c.temperature * entropy).mean()
+        else:
+            target = F.softmax(utility / c.temperature, -1)
+            fit = -(target * log_weights).sum(-1).mean()
+        loss = fit + c.kl_weight * kl.mean()
+        parts = {"expected_utility": float(expected.detach().mean()),
+                 "entropy": float(entropy.detach().mean())}
         if labels is not None and c.task_ce_weight:
             target = torch.tensor([self.vocab.index("tasks", label) for label in labels])
             task_ce = F.cross_entropy(task_logits, target)
             loss = loss + c.task_ce_weight * task_ce
-            parts["task_ce"] = float(task_ce)
+            parts["task_ce"] = float(task_ce.detach())
         return loss, parts
 
     def fit(self, *, progress: bool = False) -> list[LibraryPoint]:

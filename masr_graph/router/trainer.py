@@ -67,6 +67,9 @@ class TrainerConfig:
 
     Args:
         cost_lambda: λ, utility per $ (see the module docstring). Default 100.
+        lambdas: when given, each query of a step gets a λ drawn uniformly from these values
+            (the router gets it as input, so one router learns the whole front); ``()`` trains
+            at ``cost_lambda`` only.
         learning_rate: Adam learning rate.
         weight_decay: Adam weight decay.
         batch_size: distinct queries per step in :meth:`Trainer.fit`.
@@ -86,6 +89,7 @@ class TrainerConfig:
     """
 
     cost_lambda: float = 100.0
+    lambdas: tuple[float, ...] = ()
     learning_rate: float = 1e-3
     weight_decay: float = 0.0
     batch_size: int = 32
@@ -99,6 +103,9 @@ class TrainerConfig:
     seed: int = 0
 
     def __post_init__(self) -> None:
+        object.__setattr__(self, "lambdas", tuple(float(v) for v in self.lambdas))
+        if any(not math.isfinite(v) or v < 0 for v in self.lambdas):
+            raise ConfigError(f"TrainerConfig.lambdas must be finite and >= 0 (got {self.lambdas})")
         if self.baseline not in BASELINES:
             raise ConfigError(
                 f"TrainerConfig.baseline is {self.baseline!r}; allowed: {', '.join(BASELINES)}"
@@ -289,16 +296,22 @@ class Trainer:
         queries = [position for position in range(len(items)) for _ in range(c.samples_per_query)]
         items = [items[position] for position in queries]
         labels = [self.task_label(item) for item in items]
+        if c.lambdas:  # one λ per query, shared by its samples (they are compared with each other)
+            drawn = torch.randint(len(c.lambdas), (len(queries) // c.samples_per_query,),
+                                  generator=self.generator)
+            lambdas = torch.tensor(c.lambdas)[drawn].repeat_interleave(c.samples_per_query)
+        else:
+            lambdas = torch.full((len(items),), c.cost_lambda)
         self.router.train()
         out = self.router(
-            [self.query_text(item) for item in items], self.vocab,
+            [self.query_text(item) for item in items], self.vocab, cost_lambda=lambdas,
             task_labels=labels, generator=self.generator,
         )
         pairs = self.reward_fn(items, out.plans)
         if inspect.isawaitable(pairs):
             pairs = await pairs
         utility, cost = _check_rewards(pairs, len(items))
-        reward = utility - c.cost_lambda * cost
+        reward = utility - lambdas * cost
 
         if c.baseline == "query_mean":
             keys = [str(position) for position in queries]

@@ -1,0 +1,403 @@
+"""The evaluation protocol: every method on every (world, pool, task) pair, at every cost
+preference λ of the sweep, with several seeds, on held-out test queries.
+
+A *pair* is a recorded world, an LLM pool of it and a task (:data:`DEFAULT_PAIRS`: the LLMRouter
+world's five tasks with its 9 LLMs, and the ZeroEval world's GSM8K and MATH level 5 with the
+``paper5`` and ``all`` pools). Each pair's recorded queries are split into train, validation and
+test (:func:`masr_graph.replay.world_split`, 40/20/40, seeded, saved).
+
+Methods (``group`` in parentheses):
+
+* **MasRouter** (``MasRouter``): one router per pair and seed, trained with λ as an input on the
+  plan library's outcomes on the training queries (:mod:`masr_graph.router.library`), weights
+  chosen on validation utility; at each λ every test query gets its most probable library plan;
+* every LLM alone, IO and CoT (``single LLM``), and every fixed mode with three copies of the
+  best training LLM (``fixed mode``): λ-independent, evaluated once;
+* the **best fixed plan** (``best fixed plan``): at each λ the library plan (single LLMs,
+  k-LLM votes, debates, escalation teams, fixed modes) of highest mean utility on
+  train + validation, given to every test query;
+* single-agent routers the field uses (``single-agent router``): kNN, MLP, matrix factorisation
+  in the spirit of RouteLLM's MF and a logistic router, trained on the single LLMs' training
+  outcomes, each choosing one LLM per query at each λ (:mod:`.routers`);
+* **random plans** (``baseline``), mode, agent count, roles and LLMs drawn uniformly per query;
+* the per-query **oracle** (``oracle``): at each λ, the single LLM of best utility on that very
+  query (from the single-LLM test results; not a deployable method, shown for headroom).
+
+A :class:`Cell` is one (pair, method, λ, seed) — λ and seed are ``None`` where the method does
+not depend on them — and writes its per-query results (with traces) to the pair's resumable
+result store, so cells are independent: any subset can run, in any order, in any process, and
+tables are built from whatever has finished (:mod:`masr_graph.benchmarks.reporting.protocol`).
+What cells of a pair share — the split, the plan library's outcomes on train and validation,
+trained routers — is built once by :class:`PairRun` and kept on disk.
+"""
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any, Optional, Sequence
+
+import numpy as np
+import torch
+
+from masr_graph.errors import ConfigError
+from masr_graph.llm import LLMSpec
+from masr_graph.plan import Plan
+from masr_graph.replay import load_world, replay_specs, split_examples_of, world_split
+from masr_graph.replay.rules import DEFAULT_RULE
+from masr_graph.router import MasRouter, NodeVocab, RouterConfig, TextEncoder
+from masr_graph.router.checkpoint import load_checkpoint, save_checkpoint
+from masr_graph.router.library import LibraryConfig, LibraryOutcomes, LibraryTrainer
+
+from ..reporting.results import QueryResult, RunStore
+from ..tasks.datasets import Example
+from .baselines import RandomPlans, SingleLLM
+from .library import OutcomeStore, SingleOutcomes, build_library, execute, plan_key, single_plans
+from .pipeline import Pipeline
+from .routers import KNNRouter, LogisticRouter, MFRouter, MLPRouter
+
+LAMBDAS: tuple[float, ...] = (0.0, 10.0, 100.0, 1000.0, 10000.0)
+"""The sweep of λ (utility per $) from "cost is nothing" (0) to "cost dominates" (10,000: $0.0001
+per query costs a whole accuracy point). λ = 100 is the middle."""
+SEEDS: tuple[int, ...] = (0, 1, 2)
+MIDDLE_LAMBDA = 100.0
+
+MASROUTER = "MasRouter"
+BEST_FIXED = "best fixed plan"
+RANDOM = "random plans"
+ORACLE = "oracle"
+ROUTER_CLASSES = {"kNN router": KNNRouter, "MLP router": MLPRouter, "MF router": MFRouter,
+                  "logistic router": LogisticRouter}
+SEEDED_ROUTERS = ("MLP router", "MF router")
+GROUPS = {MASROUTER: "MasRouter", BEST_FIXED: "best fixed plan", RANDOM: "baseline",
+          ORACLE: "oracle", **{name: "single-agent router" for name in ROUTER_CLASSES}}
+ROUTER_CONFIG = RouterConfig(max_agents=5)
+
+
+@dataclass(frozen=True)
+class Pair:
+    """A recorded world, an LLM pool of it and a task."""
+
+    world: str
+    pool: str
+    task: str
+
+    @property
+    def name(self) -> str:
+        return f"{self.world}-{self.pool}-{self.task}"
+
+
+DEFAULT_PAIRS: tuple[Pair, ...] = (
+    *(Pair("llmrouter", "all", task) for task in ("gsm8k", "math", "humaneval", "mbpp", "mmlu")),
+    *(Pair("zeroeval", pool, task) for pool in ("paper5", "all") for task in ("gsm8k", "math")),
+)
+
+
+@dataclass(frozen=True)
+class ProtocolSettings:
+    """How big a protocol run is.
+
+    Args:
+        lambdas: the λ sweep.
+        seeds: training seeds (MasRouter, seeded baselines).
+        split_seed: seed of the train / validation / test split.
+        max_train, max_validation, max_test: caps on each part's queries (``None``: all).
+        team_llms: most LLMs combined into library teams.
+        router_steps: steps of MasRouter's library objective.
+        rule: the replay collaboration rule.
+    """
+
+    lambdas: tuple[float, ...] = LAMBDAS
+    seeds: tuple[int, ...] = SEEDS
+    split_seed: int = 0
+    max_train: Optional[int] = None
+    max_validation: Optional[int] = None
+    max_test: Optional[int] = None
+    team_llms: int = 8
+    router_steps: int = 300
+    rule: str = DEFAULT_RULE
+
+    def __post_init__(self) -> None:
+        if not self.lambdas or any(not math.isfinite(v) or v < 0 for v in self.lambdas):
+            raise ConfigError(f"the λ sweep must be finite values >= 0 (got {self.lambdas})")
+        if not self.seeds:
+            raise ConfigError("the protocol needs at least one seed")
+
+    @classmethod
+    def quick(cls, **overrides: Any) -> "ProtocolSettings":
+        """CI-sized: small samples of each part, a small library, short training, one seed."""
+        base = cls(seeds=(0,), max_train=48, max_validation=24, max_test=48, team_llms=4,
+                   router_steps=60)
+        return replace(base, **overrides)
+
+    @property
+    def middle_lambda(self) -> float:
+        ordered = sorted(self.lambdas)
+        return ordered[len(ordered) // 2]
+
+
+@dataclass(frozen=True)
+class Cell:
+    """One (pair, method, λ, seed) of the grid; ``cost_lambda`` / ``seed`` are ``None`` where the
+    method does not depend on them."""
+
+    pair: Pair
+    method: str
+    group: str
+    cost_lambda: Optional[float] = None
+    seed: Optional[int] = None
+
+    @property
+    def label(self) -> str:
+        """The cell's name in the result store and in tables."""
+        parts = [self.method]
+        if self.cost_lambda is not None:
+            parts.append(f"λ={self.cost_lambda:g}")
+        if self.seed is not None:
+            parts.append(f"seed={self.seed}")
+        return " ".join(parts)
+
+    @property
+    def name(self) -> str:
+        return f"{self.pair.name}/{self.label}"
+
+
+@dataclass
+class PairData:
+    """The examples of a pair's three parts."""
+
+    train: list[Example]
+    validation: list[Example]
+    test: list[Example]
+
+
+def _sample(examples: list[Example], limit: Optional[int], seed: int) -> list[Example]:
+    if limit is None or len(examples) <= limit:
+        return examples
+    chosen = sorted(np.random.default_rng(seed).choice(len(examples), limit, replace=False))
+    return [examples[int(i)] for i in chosen]
+
+
+class PairRun:
+    """What the cells of one pair share, built once and kept under ``out/<pair name>``.
+
+    Args:
+        pair: the pair.
+        settings: protocol settings.
+        out: the run's output directory.
+        encoder: the text encoder (shared embedding cache).
+        data_dir: data directory (``None``: ``$MASR_DATA_DIR``, then ``../shared/data``).
+    """
+
+    def __init__(self, pair: Pair, settings: ProtocolSettings, out: Path, encoder: TextEncoder,
+                 data_dir: Optional[Path] = None):
+        self.pair, self.settings, self.encoder = pair, settings, encoder
+        self.out = out / pair.name
+        self.out.mkdir(parents=True, exist_ok=True)
+        world = load_world(pair.world, data_dir)
+        self.world = world
+        self.specs: list[LLMSpec] = replay_specs(pair.world, pair.pool, task=pair.task,
+                                                 data_dir=data_dir, rule=settings.rule)
+        self.llms = [spec.name for spec in self.specs]
+        split = world_split(world, pair.task, seed=settings.split_seed,
+                            split_file=self.out / "split.json")
+        seed = settings.split_seed
+        self.data = PairData(
+            train=_sample(split_examples_of(world, pair.task, split, "train"),
+                          settings.max_train, seed),
+            validation=_sample(split_examples_of(world, pair.task, split, "validation"),
+                               settings.max_validation, seed + 1),
+            test=_sample(split_examples_of(world, pair.task, split, "test"),
+                         settings.max_test, seed + 2),
+        )
+        (self.out / "used_ids.json").write_text(json.dumps(
+            {part: [e.id for e in getattr(self.data, part)]
+             for part in ("train", "validation", "test")}, indent=1))
+        self.domain = self.data.train[0].domain
+        self.vocab = NodeVocab.from_registries(self.specs)
+        self.store = RunStore(out)
+        library_file = self.out / "library.json"
+        self.library: list[Plan] = (
+            [Plan.from_dict(json.loads(key)) for key in json.loads(library_file.read_text())]
+            if library_file.exists() else [])
+        self.train_outcomes: Optional[LibraryOutcomes] = None
+        self.validation_outcomes: Optional[LibraryOutcomes] = None
+
+    @property
+    def max_tokens(self) -> int:
+        """The completion cap that replays this world's recordings whole."""
+        return self.world.max_tokens
+
+    # ---- shared work -----------------------------------------------------------------------
+    async def prepare(self, pipeline: Pipeline, *, progress: Optional[object] = None) -> int:
+        """Execute the single LLMs, then the plan library, on the train and validation queries
+        (what is already in the outcome store is not run again); returns executions made."""
+        outcomes = OutcomeStore(self.out / "library.sqlite")
+        try:
+            seen = self.data.train + self.data.validation
+            singles = single_plans(self.llms, self.domain)
+            ran = await execute(pipeline, outcomes, singles, seen, progress=progress)
+            single = outcomes.matrix(singles, self.data.train)
+            summary = SingleOutcomes(
+                accuracy={llm: float(single.correct[:, j].mean()) for j, llm in
+                          enumerate(self.llms)},
+                cost={llm: float(single.cost[:, j].mean()) for j, llm in enumerate(self.llms)})
+            self.library = build_library(self.llms, self.domain, summary,
+                                         team_limit=self.settings.team_llms)
+            ran += await execute(pipeline, outcomes, self.library, seen, progress=progress)
+            self.train_outcomes = outcomes.matrix(self.library, self.data.train)
+            self.validation_outcomes = outcomes.matrix(self.library, self.data.validation)
+        finally:
+            outcomes.close()
+        (self.out / "library.json").write_text(json.dumps(
+            [plan_key(plan) for plan in self.library], indent=0))
+        return ran
+
+    def _require_prepared(self) -> tuple[LibraryOutcomes, LibraryOutcomes]:
+        if self.train_outcomes is None or self.validation_outcomes is None:
+            raise ConfigError(f"pair {self.pair.name}: prepare() must run before its cells")
+        return self.train_outcomes, self.validation_outcomes
+
+    def router(self, seed: int) -> MasRouter:
+        """MasRouter of ``seed``, trained on the library outcomes (or loaded when its checkpoint
+        exists); the training curve goes to ``masrouter-seed<seed>.curve.json``."""
+        path = self.out / f"masrouter-seed{seed}.pt"
+        if path.exists():
+            return load_checkpoint(path, encoder=self.encoder).router
+        train, validation = self._require_prepared()
+        torch.manual_seed(seed)
+        router = MasRouter(ROUTER_CONFIG, encoder=self.encoder)
+        trainer = LibraryTrainer(router, self.vocab, train, validation, LibraryConfig(
+            lambdas=self.settings.lambdas, steps=self.settings.router_steps, seed=seed))
+        history = trainer.fit()
+        save_checkpoint(path, router, self.vocab, library=self.library)
+        (self.out / f"masrouter-seed{seed}.curve.json").write_text(json.dumps({
+            "best_step": trainer.best_step,
+            "points": [{"step": p.step, "executions": p.executions,
+                        "train_objective": p.train_objective,
+                        "validation_utility": p.validation_utility} for p in history],
+        }, indent=1))
+        return router
+
+    # ---- cells -----------------------------------------------------------------------------
+    def cells(self) -> list[Cell]:
+        """Every cell of the pair (the oracle, computed from single-LLM results, comes last)."""
+        s = self.settings
+        cells = [Cell(self.pair, MASROUTER, GROUPS[MASROUTER], lam, seed)
+                 for seed in s.seeds for lam in s.lambdas]
+        cells += [Cell(self.pair, BEST_FIXED, GROUPS[BEST_FIXED], lam) for lam in s.lambdas]
+        for name in ROUTER_CLASSES:
+            seeds = s.seeds if name in SEEDED_ROUTERS else (None,)
+            cells += [Cell(self.pair, name, GROUPS[name], lam, seed)
+                      for seed in seeds for lam in s.lambdas]
+        cells += [Cell(self.pair, SingleLLM(llm, mode).name, "single LLM")
+                  for llm in self.llms for mode in ("IO", "CoT")]
+        cells += [Cell(self.pair, fixed_mode_name(plan), "fixed mode")
+                  for plan in self.fixed_mode_plans()]
+        cells += [Cell(self.pair, RANDOM, GROUPS[RANDOM], None, seed) for seed in s.seeds]
+        cells += [Cell(self.pair, ORACLE, GROUPS[ORACLE], lam) for lam in s.lambdas]
+        return cells
+
+    def fixed_mode_plans(self) -> list[Plan]:
+        """The library's fixed-mode plans (every mode but IO with copies of the best LLM)."""
+        return [p for p in self.library if p.mode != "IO" and len(set(p.llms)) == 1]
+
+    def plans(self, cell: Cell) -> list[Plan]:
+        """The plan ``cell``'s method gives each test query."""
+        test = self.data.test
+        if cell.method == MASROUTER:
+            assert cell.seed is not None and cell.cost_lambda is not None
+            router = self.router(cell.seed)
+            return router.route([e.query for e in test], self.vocab, cost_lambda=cell.cost_lambda,
+                                library=self.library)
+        if cell.method == BEST_FIXED:
+            assert cell.cost_lambda is not None
+            return [self.best_fixed_plan(cell.cost_lambda)] * len(test)
+        if cell.method in ROUTER_CLASSES:
+            assert cell.cost_lambda is not None
+            router = self.single_agent_router(cell.method, cell.seed or 0)
+            choice = router.choose(self._embed(test), cell.cost_lambda)
+            return [SingleLLM(self.llms[int(i)]).plans([e])[0] for i, e in zip(choice, test)]
+        if cell.method == RANDOM:
+            return RandomPlans(self.llms, max_agents=ROUTER_CONFIG.max_agents,
+                               seed=cell.seed or 0).plans(test)
+        for llm in self.llms:
+            for mode in ("IO", "CoT"):
+                if cell.method == SingleLLM(llm, mode).name:
+                    return SingleLLM(llm, mode).plans(test)
+        for plan in self.fixed_mode_plans():
+            if cell.method == fixed_mode_name(plan):
+                return [plan] * len(test)
+        raise ConfigError(f"pair {self.pair.name} has no method {cell.method!r}")
+
+    def best_fixed_plan(self, cost_lambda: float) -> Plan:
+        """The library plan of highest mean utility on train + validation at ``cost_lambda``."""
+        train, validation = self._require_prepared()
+        correct = torch.cat([train.correct, validation.correct])
+        cost = torch.cat([train.cost, validation.cost])
+        return self.library[int((correct - cost_lambda * cost).mean(0).argmax())]
+
+    def single_agent_router(self, name: str, seed: int):
+        """A single-agent router fitted on the single LLMs' training outcomes (validation for
+        its own hyper-parameters)."""
+        train, validation = self._require_prepared()
+        columns = list(range(len(self.llms)))  # the library starts with the single LLMs
+        router = ROUTER_CLASSES[name]()
+        return router.fit(
+            self._embed(self.data.train), train.correct[:, columns].numpy(),
+            train.cost[:, columns].numpy(), self.llms,
+            validation=(self._embed(self.data.validation),
+                        validation.correct[:, columns].numpy(),
+                        validation.cost[:, columns].numpy()),
+            seed=seed)
+
+    def _embed(self, examples: Sequence[Example]) -> np.ndarray:
+        return self.encoder.encode([e.query for e in examples]).numpy()
+
+    async def run(self, cell: Cell, pipeline: Pipeline, *, progress: bool = False
+                  ) -> list[QueryResult]:
+        """Run ``cell`` on the test queries into the result store (resuming what is stored)."""
+        if cell.method == ORACLE:
+            done = self.store.load(self.pair.name, cell.label)
+            if len(done) < len(self.data.test):
+                for result in self.oracle(cell):
+                    if result.query_id not in done:
+                        self.store.append(result)
+            return self.oracle(cell)
+        from .wiring import evaluate_method
+
+        return await evaluate_method(pipeline, self.store, self.pair.name,
+                                     _Fixed(cell.label, self.plans(cell)), self.data.test,
+                                     progress=progress)
+
+    def oracle(self, cell: Cell) -> list[QueryResult]:
+        """Per test query, the single LLM (IO) of best utility at the cell's λ."""
+        assert cell.cost_lambda is not None
+        singles = [self.store.load(self.pair.name, SingleLLM(llm).name) for llm in self.llms]
+        if any(len(done) < len(self.data.test) for done in singles):
+            raise ConfigError(f"pair {self.pair.name}: the oracle needs every single-LLM (IO) "
+                              "cell finished first")
+        results = []
+        for example in self.data.test:
+            best = max((done[example.id] for done in singles),
+                       key=lambda r: r.correct - cell.cost_lambda * r.would_have_cost_usd)
+            results.append(replace(best, method=cell.label))
+        return results
+
+
+@dataclass
+class _Fixed:
+    """A method that is a list of plans, one per example, in order."""
+
+    name: str
+    plan_list: list[Plan] = field(default_factory=list)
+
+    def plans(self, examples: Sequence[Example]) -> list[Plan]:
+        if len(examples) != len(self.plan_list):
+            raise ConfigError(f"{len(self.plan_list)} plans for {len(examples)} examples")
+        return self.plan_list
+
+
+def fixed_mode_name(plan: Plan) -> str:
+    return f"{plan.mode} k={plan.k} ({plan.llms[0]})"

@@ -1,0 +1,246 @@
+"""Figures of the evaluation protocol: accuracy–cost fronts (like Fig. 3 of the MasRouter paper)
+and what the routers choose (like its Fig. 4).
+
+The figures must be readable without the tables beside them, so: one colour per method that is
+the same in every panel, one shared legend outside the panels instead of text next to points
+(which overlap as soon as two methods cost the same), MasRouter drawn thicker with a star, and
+confidence intervals as vertical bars. Figures are drawn on matplotlib's Agg canvas directly,
+without :mod:`matplotlib.pyplot`, so plotting neither needs a display nor changes the caller's
+backend.
+"""
+from __future__ import annotations
+
+import math
+import textwrap
+from collections.abc import Mapping, Sequence
+from os import PathLike
+from typing import Any, Union
+
+import numpy as np
+from matplotlib import colormaps
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.figure import Figure
+from matplotlib.lines import Line2D
+
+from masr_graph.errors import ConfigError
+
+DEFAULT_COST_LABEL = "$ per query (log; notional for replay)"
+HIGHLIGHT_GROUP = "MasRouter"
+DPI = 130
+# Markers tell groups apart, colours tell methods apart; MasRouter always gets the star.
+_GROUP_MARKERS = ("o", "s", "^", "D", "v", "P", "X", "<", ">", "h")
+
+FilePath = Union[str, "PathLike[str]"]
+
+
+def plot_fronts(panels: Sequence[Mapping[str, Any]], path: FilePath, *,
+                cost_label: str = DEFAULT_COST_LABEL, columns: int = 3) -> None:
+    """Accuracy against $ per query, one panel per (world, pool, task), saved as an image.
+
+    Each panel is ``{"title": str, "methods": [method, ...]}`` and each method
+    ``{"name": str, "group": str, "points": [(cost, accuracy, acc_ci_low, acc_ci_high), ...]}``.
+    A method with several points (its ``λ`` sweep) is drawn as a line through its points in
+    order of cost, with markers; a method with one point (``λ``-independent) as a marker. Every
+    point carries its accuracy CI as a vertical bar (skipped when the bounds are NaN). A method
+    keeps its colour in every panel; group ``"MasRouter"`` is drawn with a thicker line and a
+    star. The grid has ``min(columns, len(panels))`` columns; unused cells are hidden.
+
+    Args:
+        panels: the panels, in reading order.
+        path: output file; the format follows its suffix (``.png`` recommended).
+        cost_label: label of the (log-scale) cost axis.
+        columns: panels per row, ``≥ 1``.
+
+    Raises:
+        ConfigError: no panels, a panel or method lacks a key, a point is not a 4-tuple, a cost
+            is not positive (the axis is logarithmic) or a CI does not bracket its accuracy.
+    """
+    if not panels:
+        raise ConfigError("plot_fronts needs at least one panel; got none")
+    if int(columns) != columns or columns < 1:
+        raise ConfigError(f"columns must be a positive integer; got {columns!r}")
+    checked = [_check_panel(panel, index) for index, panel in enumerate(panels)]
+    methods: dict[str, dict[str, Any]] = {}  # name → {"group", "line"}, in first-seen order
+    for title, panel_methods in checked:
+        for method in panel_methods:
+            entry = methods.setdefault(method["name"], {"group": method["group"], "line": False})
+            if entry["group"] != method["group"]:
+                raise ConfigError(f"method {method['name']!r} is in group {entry['group']!r} in "
+                                  f"one panel and {method['group']!r} in panel {title!r}; a "
+                                  f"method keeps one group (and so one style) across panels")
+            entry["line"] = entry["line"] or len(method["points"]) > 1
+    colours = dict(zip(methods, _palette(len(methods))))
+    groups = list(dict.fromkeys(entry["group"] for entry in methods.values()))
+    markers = {group: _GROUP_MARKERS[i % len(_GROUP_MARKERS)]
+               for i, group in enumerate(g for g in groups if g != HIGHLIGHT_GROUP)}
+    markers[HIGHLIGHT_GROUP] = "*"
+
+    ncols = min(int(columns), len(checked))
+    nrows = math.ceil(len(checked) / ncols)
+    fig = Figure(figsize=(4.4 * ncols, 3.5 * nrows))
+    FigureCanvasAgg(fig)
+    axes = fig.subplots(nrows, ncols, squeeze=False).ravel()
+    for ax in axes[len(checked):]:
+        ax.set_visible(False)
+    for ax, (title, panel_methods) in zip(axes, checked):
+        for method in panel_methods:
+            _draw_method(ax, method, colours[method["name"]], markers[method["group"]])
+        ax.set_xscale("log")
+        ax.set_title(title, fontsize=10)
+        ax.set_xlabel(cost_label, fontsize=8)
+        ax.set_ylabel("accuracy", fontsize=8)
+        ax.tick_params(labelsize=7)
+        ax.grid(alpha=0.3, which="major")
+        ax.grid(alpha=0.1, which="minor")
+
+    # One legend section per group, MasRouter first, then groups and methods in first-seen
+    # order; a bold header names the group, since markers alone do not say which is which.
+    handles, headers = [], []
+    for group in sorted(groups, key=lambda g: (g != HIGHLIGHT_GROUP, groups.index(g))):
+        headers.append(len(handles))
+        handles.append(Line2D([], [], linestyle="none", label=group))
+        handles += [Line2D([], [], color=colours[name], marker=markers[group],
+                           linestyle="-" if entry["line"] else "none", **_style(group),
+                           label=name)
+                    for name, entry in methods.items() if entry["group"] == group]
+    fig.tight_layout()
+    legend = fig.legend(handles=handles, loc="center left", bbox_to_anchor=(1.0, 0.5),
+                        fontsize=7, ncol=1 + len(handles) // 28, frameon=False)
+    for index in headers:
+        legend.get_texts()[index].set_fontweight("bold")
+    fig.savefig(path, dpi=DPI, bbox_inches="tight")
+
+
+def plot_distributions(rows: Sequence[Mapping[str, Any]], path: FilePath) -> None:
+    """Stacked shares of what each method chose, one bar per (pair, method) row (like Fig. 4).
+
+    Each row is ``{"label": str, "distribution": dict}`` with the dict returned by
+    :func:`~masr_graph.benchmarks.reporting.fronts.plan_distribution`. Three aligned subplots
+    share the bars: LLM shares over agent slots, collaboration-mode shares over plans and team-
+    size (``k``) shares over plans. LLMs are stacked in order of their overall share, so the
+    dominant LLMs sit at the bottom of every bar; legends are outside on the right; long labels
+    are wrapped and, with many rows, rotated.
+
+    Args:
+        rows: the bars, left to right.
+        path: output file; the format follows its suffix.
+
+    Raises:
+        ConfigError: no rows, or a row lacks ``label`` or a distribution with ``llm_shares``,
+            ``mode_shares`` and ``k_shares``.
+    """
+    if not rows:
+        raise ConfigError("plot_distributions needs at least one row; got none")
+    labels, distributions = [], []
+    for index, row in enumerate(rows):
+        needed = ("llm_shares", "mode_shares", "k_shares")
+        distribution = row.get("distribution")
+        if "label" not in row or not isinstance(distribution, Mapping) or any(
+                key not in distribution for key in needed):
+            raise ConfigError(f"row {index} must be {{'label': str, 'distribution': "
+                              f"plan_distribution(...)}}, the distribution with keys "
+                              f"{list(needed)}; got row keys {sorted(row)}")
+        labels.append(str(row["label"]))
+        distributions.append(distribution)
+
+    n = len(rows)
+    fig = Figure(figsize=(max(6.5, 0.8 * n + 3.5), 8.0))
+    FigureCanvasAgg(fig)
+    axes = fig.subplots(3, 1, sharex=True)
+    positions = np.arange(n)
+    panels = (("llm_shares", "share of agents (LLM)", lambda key: str(key)),
+              ("mode_shares", "share of plans (mode)", lambda key: str(key)),
+              ("k_shares", "share of plans (k)", lambda key: f"k = {key}"))
+    for ax, (field, ylabel, legend_label) in zip(axes, panels):
+        totals: dict[Any, float] = {}
+        for distribution in distributions:
+            for key, share in distribution[field].items():
+                totals[key] = totals.get(key, 0.0) + float(share)
+        if field == "k_shares":
+            keys = sorted(totals)
+            cmap = colormaps["viridis"]
+            colours = [cmap(0.15 + 0.7 * i / max(1, len(keys) - 1)) for i in range(len(keys))]
+        else:
+            keys = sorted(totals, key=lambda key: (-totals[key], str(key)))
+            colours = _palette(len(keys))
+        bottom = np.zeros(n)
+        for key, colour in zip(keys, colours):
+            shares = np.array([float(d[field].get(key, 0.0)) for d in distributions])
+            ax.bar(positions, shares, bottom=bottom, width=0.7, color=colour,
+                   label=legend_label(key), edgecolor="white", linewidth=0.5)
+            bottom += shares
+        ax.set_ylim(0.0, 1.0)
+        ax.set_ylabel(ylabel, fontsize=8)
+        ax.tick_params(labelsize=7)
+        ax.grid(alpha=0.3, axis="y")
+        ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize=7, frameon=False,
+                  ncol=1 + len(keys) // 14)
+    # Few bars: wrapped labels fit side by side; many: rotated, anchored at the tick.
+    rotate = n > 6
+    axes[-1].set_xticks(positions)
+    axes[-1].set_xticklabels([textwrap.fill(label, 32 if rotate else 18) for label in labels],
+                             rotation=40 if rotate else 0, ha="right" if rotate else "center",
+                             rotation_mode="anchor", fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=DPI, bbox_inches="tight")
+
+
+def _draw_method(ax: Any, method: Mapping[str, Any], colour: Any, marker: str) -> None:
+    points = sorted(method["points"])
+    cost, accuracy, low, high = (np.array(column, dtype=float) for column in zip(*points))
+    style = _style(method["group"])
+    zorder = 4 if method["group"] == HIGHLIGHT_GROUP else 2
+    ax.plot(cost, accuracy, color=colour, marker=marker,
+            linestyle="-" if len(points) > 1 else "none", zorder=zorder, **style)
+    has_ci = ~(np.isnan(low) | np.isnan(high))
+    if has_ci.any():
+        ax.errorbar(cost[has_ci], accuracy[has_ci],
+                    yerr=[accuracy[has_ci] - low[has_ci], high[has_ci] - accuracy[has_ci]],
+                    fmt="none", ecolor=colour, elinewidth=0.9, capsize=2, alpha=0.7,
+                    zorder=zorder - 1)
+
+
+def _style(group: str) -> dict[str, float]:
+    if group == HIGHLIGHT_GROUP:
+        return {"linewidth": 2.6, "markersize": 12}
+    return {"linewidth": 1.2, "markersize": 5}
+
+
+def _palette(n: int) -> list[Any]:
+    """``n`` distinct colours: tab10 up to 10, tab20 up to 20, then tab20 + tab20b + tab20c
+    (repeating beyond 60)."""
+    if n <= 10:
+        return [colormaps["tab10"](i) for i in range(n)]
+    if n <= 20:
+        return [colormaps["tab20"](i) for i in range(n)]
+    pool = [colormaps[name](i) for name in ("tab20", "tab20b", "tab20c") for i in range(20)]
+    return [pool[i % len(pool)] for i in range(n)]
+
+
+def _check_panel(panel: Mapping[str, Any], index: int) -> tuple[str, list[dict[str, Any]]]:
+    if not isinstance(panel, Mapping) or "title" not in panel or "methods" not in panel:
+        raise ConfigError(f"panel {index} must be {{'title': str, 'methods': [...]}}; got "
+                          f"{sorted(panel) if isinstance(panel, Mapping) else panel!r}")
+    methods = []
+    for method in panel["methods"]:
+        missing = [key for key in ("name", "group", "points") if key not in method]
+        if missing:
+            raise ConfigError(f"a method of panel {panel['title']!r} lacks keys {missing}; "
+                              f"each needs 'name', 'group' and 'points'")
+        name, points = str(method["name"]), []
+        if not method["points"]:
+            raise ConfigError(f"method {name!r} of panel {panel['title']!r} has no points")
+        for point in method["points"]:
+            if len(point) != 4:
+                raise ConfigError(f"method {name!r} of panel {panel['title']!r}: a point must be "
+                                  f"(cost, accuracy, acc_ci_low, acc_ci_high); got {point!r}")
+            cost, accuracy, low, high = (float(v) for v in point)
+            if not (math.isfinite(cost) and cost > 0.0 and math.isfinite(accuracy)):
+                raise ConfigError(f"method {name!r} of panel {panel['title']!r}: cost must be "
+                                  f"> 0 (log axis) and accuracy finite; got {point!r}")
+            if not (math.isnan(low) or math.isnan(high) or low <= accuracy <= high):
+                raise ConfigError(f"method {name!r} of panel {panel['title']!r}: the CI "
+                                  f"[{low}, {high}] does not bracket accuracy {accuracy}")
+            points.append((cost, accuracy, low, high))
+        methods.append({"name": name, "group": str(method["group"]), "points": points})
+    return str(panel["title"]), methods

@@ -1,0 +1,337 @@
+"""Tables, fronts and target checks of the evaluation protocol, built from whatever cells have
+finished (:mod:`masr_graph.benchmarks.experiment.protocol`).
+
+For every pair and λ, each *method* — cells of one method with different seeds are one method,
+reported as the mean over seeds — gets its test utility with a 95 % bootstrap CI over queries
+(paired across seeds), accuracy with its CI and $ per query; λ-independent methods (single LLMs,
+fixed modes, random plans) are scored at every λ from the same results. A method's front is its
+(cost, accuracy) points over the sweep; ``all single LLMs`` is the front of every single LLM's
+point, i.e. what choosing the right single LLM for the λ *in hindsight* would achieve (a generous
+baseline). Hypervolumes use a log cost axis spanning the pair's cheapest to dearest point and
+accuracy from 0 to 1 (:func:`~masr_graph.benchmarks.reporting.fronts.hypervolume`).
+
+A cell counts only when all its test queries are stored; anything missing is listed, and the
+tables say "partial".
+"""
+from __future__ import annotations
+
+import json
+import math
+from collections import defaultdict
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Optional, Sequence
+
+import numpy as np
+
+from ..experiment.protocol import MASROUTER, ORACLE, Cell, PairRun
+from .fronts import (
+    accuracy_cost_front,
+    hypervolume,
+    plan_distribution,
+    utility_with_ci,
+)
+from .plots import plot_distributions, plot_fronts
+from .results import QueryResult
+
+ALL_SINGLES = "all single LLMs"
+NO_REGRET_TOLERANCE = 0.005
+SINGLE_AGENT_MARGIN = 0.01
+PLAN_SHARE_LIMIT = 0.8
+MIN_DISTINCT_PLANS = 3
+
+
+@dataclass
+class MethodScore:
+    """One method at one λ on one pair (means over its seeds)."""
+
+    pair: str
+    method: str
+    group: str
+    cost_lambda: float
+    seeds: int
+    n: int
+    utility: float
+    utility_low: float
+    utility_high: float
+    accuracy: float
+    accuracy_low: float
+    accuracy_high: float
+    usd_per_query: float
+    errors: int
+    lambda_independent: bool = False
+
+
+@dataclass
+class PairReport:
+    """Everything reported about one pair."""
+
+    pair: str
+    scores: list[MethodScore] = field(default_factory=list)
+    missing: list[str] = field(default_factory=list)
+    hypervolumes: dict[str, float] = field(default_factory=dict)
+    fronts: dict[str, list[tuple[float, float]]] = field(default_factory=dict)
+    distributions: dict[str, dict[str, Any]] = field(default_factory=dict)
+    best_baseline: dict[float, tuple[str, float]] = field(default_factory=dict)
+    best_single_agent_router: dict[float, tuple[str, float]] = field(default_factory=dict)
+    regret: dict[float, float] = field(default_factory=dict)
+    lambdas: tuple[float, ...] = ()
+    middle_lambda: float = 0.0
+
+    def score(self, method: str, cost_lambda: float) -> Optional[MethodScore]:
+        for score in self.scores:
+            if score.method == method and score.cost_lambda == cost_lambda:
+                return score
+        return None
+
+
+def _arrays(results: Sequence[QueryResult], ids: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
+    by_id = {r.query_id: r for r in results}
+    return (np.array([by_id[i].correct for i in ids], dtype=float),
+            np.array([by_id[i].would_have_cost_usd for i in ids], dtype=float))
+
+
+def pair_report(run: PairRun, cells: Sequence[Cell]) -> PairReport:
+    """The report of one pair from the cells of it that have finished."""
+    ids = [e.id for e in run.data.test]
+    lambdas = tuple(sorted(run.settings.lambdas))
+    report = PairReport(run.pair.name, lambdas=lambdas, middle_lambda=run.settings.middle_lambda)
+    finished: dict[tuple[str, Optional[float]], list[list[QueryResult]]] = defaultdict(list)
+    groups: dict[str, str] = {}
+    for cell in cells:
+        results = list(run.store.load(run.pair.name, cell.label).values())
+        if len({r.query_id for r in results} & set(ids)) < len(ids):
+            report.missing.append(cell.label)
+            continue
+        finished[(cell.method, cell.cost_lambda)].append(results)
+        groups[cell.method] = cell.group
+    for (method, cell_lambda), runs in finished.items():
+        for lam in (lambdas if cell_lambda is None else (cell_lambda,)):
+            arrays = [_arrays(results, ids) for results in runs]
+            correct = np.stack([a[0] for a in arrays])
+            cost = np.stack([a[1] for a in arrays])
+            utility = utility_with_ci(correct, cost, lam)
+            accuracy = utility_with_ci(correct, np.zeros_like(cost), 0.0)
+            errors = sum(1 for results in runs for r in results if r.error)
+            report.scores.append(MethodScore(
+                run.pair.name, method, groups[method], lam, len(runs), len(ids), *utility,
+                *accuracy, float(cost.mean()), errors, cell_lambda is None))
+    _fronts(report)
+    _comparisons(report)
+    middle = report.middle_lambda
+    for (method, cell_lambda), runs in finished.items():
+        if cell_lambda in (None, middle) and groups[method] not in ("single LLM", "fixed mode"):
+            report.distributions[method] = plan_distribution(
+                [{"mode": r.mode, "k": len(r.llms), "roles": r.roles, "llms": r.llms}
+                 for r in runs[0]])
+    return report
+
+
+def _fronts(report: PairReport) -> None:
+    points: dict[str, list[tuple[float, float]]] = defaultdict(list)
+    for score in report.scores:
+        if score.group == "oracle":
+            continue
+        points[score.method].append((score.usd_per_query, score.accuracy))
+        if score.group == "single LLM":
+            points[ALL_SINGLES].append((score.usd_per_query, score.accuracy))
+    costs = [c for pts in points.values() for c, _ in pts if c > 0]
+    if not costs:
+        return
+    cost_range = (min(costs), max(costs) * 1.0001)
+    for method, pts in points.items():
+        front = accuracy_cost_front(sorted(set(pts)))
+        report.fronts[method] = front
+        report.hypervolumes[method] = hypervolume(
+            [(max(c, cost_range[0]), a) for c, a in front], cost_range=cost_range)
+
+
+def _comparisons(report: PairReport) -> None:
+    for lam in report.lambdas:
+        at = [s for s in report.scores if s.cost_lambda == lam]
+        baselines = [s for s in at if s.group not in ("MasRouter", "oracle")]
+        routers = [s for s in at if s.group == "single-agent router"]
+        if baselines:
+            best = max(baselines, key=lambda s: s.utility)
+            report.best_baseline[lam] = (best.method, best.utility)
+        if routers:
+            best = max(routers, key=lambda s: s.utility)
+            report.best_single_agent_router[lam] = (best.method, best.utility)
+        masr = report.score(MASROUTER, lam)
+        if masr is not None and lam in report.best_baseline:
+            report.regret[lam] = report.best_baseline[lam][1] - masr.utility
+
+
+@dataclass
+class TargetCheck:
+    """One of the issue's targets, measured."""
+
+    name: str
+    met: Optional[bool]
+    detail: str
+
+
+def target_checks(reports: Sequence[PairReport]) -> list[TargetCheck]:
+    """The protocol's targets (no regret, beating single-agent routers, largest hypervolume,
+    varied plans, the ZeroEval moonshot), each with what was measured."""
+    checks = []
+    regrets = {r.pair: r.regret for r in reports}
+    worst = {pair: max(values.values()) for pair, values in regrets.items() if values}
+    failing = {pair: value for pair, value in worst.items() if value > NO_REGRET_TOLERANCE}
+    checks.append(TargetCheck(
+        f"no regret (MasRouter >= best non-oracle baseline - {NO_REGRET_TOLERANCE} at every λ)",
+        not failing if worst else None,
+        "worst regret per pair: " + ", ".join(f"{p} {v:+.4f}" for p, v in worst.items())))
+    margins = {}
+    for r in reports:
+        masr = r.score(MASROUTER, r.middle_lambda)
+        if masr is not None and r.middle_lambda in r.best_single_agent_router:
+            margins[r.pair] = masr.utility - r.best_single_agent_router[r.middle_lambda][1]
+    wins = sum(1 for v in margins.values() if v >= SINGLE_AGENT_MARGIN)
+    checks.append(TargetCheck(
+        f"beats the best single-agent router by >= {SINGLE_AGENT_MARGIN} at the middle λ on at "
+        "least half of the pairs",
+        wins * 2 >= len(margins) if margins else None,
+        f"{wins} of {len(margins)} pairs; margins: "
+        + ", ".join(f"{p} {v:+.4f}" for p, v in margins.items())))
+    largest = []
+    for r in reports:
+        if MASROUTER in r.hypervolumes:
+            top = max(r.hypervolumes.items(), key=lambda item: item[1])
+            largest.append((r.pair, top[0] == MASROUTER, r.hypervolumes[MASROUTER], top))
+    won = sum(1 for _, ok, _, _ in largest if ok)
+    needed = math.ceil(0.75 * len(largest))
+    checks.append(TargetCheck(
+        f"MasRouter's front has the largest hypervolume on at least 3/4 of the pairs "
+        f"({needed} of {len(largest)})",
+        won >= needed if largest else None,
+        f"{won} of {len(largest)}; "
+        + ", ".join(f"{p} {hv:.4f} (largest: {top[0]} {top[1]:.4f})"
+                    for p, _, hv, top in largest)))
+    varied = []
+    for r in reports:
+        dist = r.distributions.get(MASROUTER)
+        if dist is not None:
+            ok = dist["distinct_teams"] >= MIN_DISTINCT_PLANS and dist["top_plan_share"] <= (
+                PLAN_SHARE_LIMIT)
+            varied.append((r.pair, ok, dist["distinct_teams"], dist["top_plan_share"]))
+    checks.append(TargetCheck(
+        f"plans vary with the query at the middle λ (>= {MIN_DISTINCT_PLANS} distinct teams, none "
+        f"on more than {PLAN_SHARE_LIMIT:.0%} of the queries)",
+        all(ok for _, ok, _, _ in varied) if varied else None,
+        ", ".join(f"{p}: {n} teams, top {share:.0%}" for p, _, n, share in varied)))
+    moon = next((r for r in reports if r.pair == "zeroeval-all-gsm8k"), None)
+    if moon is not None:
+        singles = [s for s in moon.scores if s.group == "single LLM" and s.cost_lambda == 0.0]
+        if singles:
+            best = max(singles, key=lambda s: (s.accuracy, -s.usd_per_query))
+            hits = [s for s in moon.scores if s.method == MASROUTER
+                    and s.accuracy >= best.accuracy - 1e-12
+                    and s.usd_per_query <= 0.25 * best.usd_per_query]
+            checks.append(TargetCheck(
+                f"moonshot: ZeroEval all, GSM8K, accuracy >= {best.accuracy:.3f} ({best.method}) "
+                f"at <= 25 % of its ${best.usd_per_query:.2e} per query",
+                bool(hits),
+                "; ".join(f"λ={s.cost_lambda:g}: {s.accuracy:.3f} at "
+                          f"{s.usd_per_query / best.usd_per_query:.0%} of its cost"
+                          for s in moon.scores if s.method == MASROUTER)))
+    return checks
+
+
+def _fmt(score: Optional[MethodScore]) -> str:
+    if score is None:
+        return "–"
+    return (f"{score.utility:.3f} [{score.utility_low:.3f}, {score.utility_high:.3f}] · "
+            f"{score.accuracy:.3f} · ${score.usd_per_query:.1e}")
+
+
+def report_markdown(reports: Sequence[PairReport], checks: Sequence[TargetCheck],
+                    meta: dict[str, Any]) -> str:
+    """The protocol's results file."""
+    lines = ["# masr_graph evaluation protocol", ""]
+    lines += [f"- **{key}**: {value}" for key, value in meta.items()]
+    partial = [r for r in reports if r.missing]
+    if partial:
+        lines += ["", f"**Partial grid**: {sum(len(r.missing) for r in partial)} cells not "
+                      "finished: " + "; ".join(f"{r.pair}: {len(r.missing)}" for r in partial)]
+    lines += ["", "## Targets", "", "| target | met | measured |", "|---|---|---|"]
+    for check in checks:
+        met = "n/a" if check.met is None else ("yes" if check.met else "**no**")
+        lines.append(f"| {check.name} | {met} | {check.detail} |")
+    lines += ["", "Cells: utility [95 % CI] · accuracy · $ per query (notional for replay), mean "
+                  "over seeds.", ""]
+    for r in reports:
+        lams = r.lambdas
+        lines += [f"## {r.pair}", "", "| method | " + " | ".join(f"λ={lam:g}" for lam in lams)
+                  + " | hypervolume |", "|---|" + "---|" * (len(lams) + 1)]
+        shown = [MASROUTER, "best fixed plan", "kNN router", "MLP router", "MF router",
+                 "logistic router", "random plans", ORACLE]
+        for method in shown:
+            if any(s.method == method for s in r.scores):
+                lines.append(f"| {method} | " + " | ".join(_fmt(r.score(method, lam))
+                                                        for lam in lams)
+                             + f" | {r.hypervolumes.get(method, float('nan')):.4f} |")
+        best_single = [max((s for s in r.scores if s.group == "single LLM" and s.cost_lambda
+                            == lam), key=lambda s: s.utility, default=None) for lam in lams]
+        lines.append("| best single LLM (in hindsight) | " + " | ".join(
+            f"{_fmt(s)} ({s.method})" if s else "–" for s in best_single)
+            + f" | {r.hypervolumes.get(ALL_SINGLES, float('nan')):.4f} |")
+        lines.append("| best non-oracle baseline | " + " | ".join(
+            f"{r.best_baseline[lam][1]:.3f} ({r.best_baseline[lam][0]})"
+            if lam in r.best_baseline else "–" for lam in lams) + " | |")
+        lines.append("| regret (best baseline − MasRouter) | " + " | ".join(
+            f"{r.regret[lam]:+.4f}" if lam in r.regret else "–" for lam in lams) + " | |")
+        lines.append("")
+        if r.distributions:
+            lines += [f"Plans at λ={r.middle_lambda:g} over the test queries:", "",
+                      "| method | distinct teams | distinct plans | top plan (share) | modes | "
+                      "LLMs |", "|---|---:|---:|---|---|---|"]
+            for method, dist in r.distributions.items():
+                modes = ", ".join(f"{k} {v:.0%}" for k, v in list(dist["mode_shares"].items())[:4])
+                llms = ", ".join(f"{k} {v:.0%}" for k, v in list(dist["llm_shares"].items())[:4])
+                lines.append(f"| {method} | {dist['distinct_teams']} | {dist['distinct_plans']} | "
+                             f"{dist['top_plan']} ({dist['top_plan_share']:.0%}) | {modes} | "
+                             f"{llms} |")
+            lines.append("")
+        if r.missing:
+            lines += [f"Missing cells: {', '.join(r.missing)}", ""]
+    return "\n".join(lines) + "\n"
+
+
+def write_report(reports: Sequence[PairReport], meta: dict[str, Any], out: Path) -> list[TargetCheck]:
+    """Write ``protocol.md``, ``protocol.json``, ``fronts.png`` and ``plans.png`` to ``out``."""
+    checks = target_checks(reports)
+    (out / "protocol.md").write_text(report_markdown(reports, checks, meta), encoding="utf-8")
+    payload = {"meta": meta, "targets": [asdict(c) for c in checks],
+               "pairs": [asdict(r) for r in reports]}
+    tmp = out / "protocol.json.tmp"
+    tmp.write_text(json.dumps(payload, indent=1, default=str), encoding="utf-8")
+    tmp.replace(out / "protocol.json")
+    panels = []
+    for r in reports:
+        methods = defaultdict(list)
+        groups = {}
+        for s in sorted(r.scores, key=lambda s: s.cost_lambda):
+            if s.group in ("single LLM", "fixed mode", "oracle") or s.usd_per_query <= 0:
+                continue
+            if s.lambda_independent and s.cost_lambda != r.lambdas[0]:
+                continue  # one point, not one per λ
+            methods[s.method].append((s.usd_per_query, s.accuracy, s.accuracy_low,
+                                      s.accuracy_high))
+            groups[s.method] = s.group
+        singles = sorted({(s.usd_per_query, s.accuracy, s.accuracy_low, s.accuracy_high)
+                          for s in r.scores if s.group == "single LLM" and s.cost_lambda
+                          == r.lambdas[0] and s.usd_per_query > 0})
+        front = set(r.fronts.get(ALL_SINGLES, []))
+        methods[ALL_SINGLES] = [p for p in singles if (p[0], p[1]) in front]
+        groups[ALL_SINGLES] = "single LLM"
+        panels.append({"title": r.pair, "methods": [
+            {"name": name, "group": groups[name], "points": pts}
+            for name, pts in methods.items() if pts]})
+    if panels:
+        plot_fronts(panels, out / "fronts.png")
+    rows = [{"label": f"{r.pair}\n{method}", "distribution": dist}
+            for r in reports for method, dist in r.distributions.items()]
+    if rows:
+        plot_distributions(rows, out / "plans.png")
+    return checks

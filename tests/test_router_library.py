@@ -1,0 +1,135 @@
+"""The router as a λ-conditioned chooser among a plan library: library log-probabilities agree
+with the cascade's own, library decoding takes the most probable plan, training on executed
+outcomes learns per-query, per-λ choices (a team for hard questions, a cheap LLM when cost
+dominates), validation picks the weights, and checkpoints carry the library."""
+from __future__ import annotations
+
+import pytest
+import torch
+
+from masr_graph.errors import ConfigError, RoutingError
+from masr_graph.plan import Plan
+from masr_graph.router import MasRouter, RouterConfig, load_checkpoint, save_checkpoint
+from masr_graph.router.library import (
+    LibraryConfig,
+    LibraryOutcomes,
+    LibraryTrainer,
+    validation_utility,
+)
+
+from router_support import QUERIES, one_torch_thread, shared_encoder, small_vocab
+
+CHEAP, STRONG, OTHER = "gemma-2-9b-it", "llama3-chatqa-1.5-70b", "qwen2.5-7b-instruct"
+MATH_ROLE = "Algebra Specialist"
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _single_thread():
+    with one_torch_thread():
+        yield
+
+
+def make_router(seed: int = 0) -> MasRouter:
+    torch.manual_seed(seed)
+    return MasRouter(RouterConfig(hidden_dim=32, heads=2, max_agents=4), encoder=shared_encoder())
+
+
+LIBRARY = (
+    Plan("IO", [MATH_ROLE], [CHEAP], task="math"),
+    Plan("IO", [MATH_ROLE], [STRONG], task="math"),
+    Plan("Debate", [MATH_ROLE] * 3, [CHEAP, OTHER, STRONG], task="math"),
+    Plan("Chain", [MATH_ROLE, "Solution Verifier"], [OTHER, CHEAP], task="math"),
+)
+
+
+def test_library_scores_equal_the_cascades_own_log_probabilities():
+    router, vocab = make_router(), small_vocab()
+    router.eval()
+    queries = list(QUERIES[:3])
+    with torch.no_grad():
+        scores = router.plan_log_probs(queries, LIBRARY, vocab, cost_lambda=50.0)
+        for j, plan in enumerate(LIBRARY):
+            direct = router.log_prob_of(queries, [plan] * len(queries), vocab, cost_lambda=50.0)
+            assert torch.allclose(scores[:, j], direct, atol=1e-5)
+    chosen = router.route(queries, vocab, cost_lambda=50.0, library=LIBRARY)
+    assert [LIBRARY.index(p) for p in chosen] == scores.argmax(-1).tolist()
+    assert all(0.0 < p.probs["plan"] <= 1.0 for p in chosen)
+    with pytest.raises(RoutingError, match="at least one plan"):
+        router.plan_log_probs(queries, [], vocab)
+    with pytest.raises(RoutingError, match="finite and >= 0"):
+        router.route(queries, vocab, cost_lambda=-1.0)
+
+
+def test_lambda_is_an_input_that_moves_the_llm_choice():
+    """Untrained, the λ·price term alone makes a dear LLM less probable as λ grows."""
+    router, vocab = make_router(), small_vocab()
+    with torch.no_grad():
+        low = router.plan_log_probs(list(QUERIES[:2]), LIBRARY[:2], vocab, cost_lambda=0.0)
+        high = router.plan_log_probs(list(QUERIES[:2]), LIBRARY[:2], vocab, cost_lambda=1e4)
+    assert bool(((high[:, 1] - high[:, 0]) < (low[:, 1] - low[:, 0])).all())
+
+
+# Arithmetic word problems are "hard" (only the debate team solves them), everything else
+# "easy" (every plan solves it): the router must learn which queries need the team, and that
+# the team is not worth its price when cost dominates.
+HARD = {0, 3, 6}
+
+
+def outcomes(queries: tuple[str, ...], hard: set[int]) -> LibraryOutcomes:
+    correct = torch.ones(len(queries), len(LIBRARY))
+    for i in hard:
+        correct[i] = torch.tensor([0.0, 0.0, 1.0, 0.0])
+    cost = torch.tensor([[1e-4, 8e-4, 2e-3, 5e-4]] * len(queries))
+    return LibraryOutcomes(LIBRARY, queries, correct, cost, tuple("math" for _ in queries))
+
+
+def test_training_learns_per_query_and_per_lambda_plans():
+    router, vocab = make_router(), small_vocab()
+    train = outcomes(QUERIES, HARD)
+    trainer = LibraryTrainer(router, vocab, train, train, LibraryConfig(
+        lambdas=(100.0, 1e4), steps=150, batch_size=8, learning_rate=1e-2, eval_every=50))
+    history = trainer.fit()
+    assert [p.step for p in history] == [50, 100, 150]
+    # λ = 100: the cheap LLM (utility 0.99) on easy queries, the team (0.8 > -0.01) on hard ones
+    chosen = router.route(list(QUERIES), vocab, cost_lambda=100.0, library=LIBRARY)
+    assert [LIBRARY.index(p) for p in chosen] == [2 if i in HARD else 0
+                                                  for i in range(len(QUERIES))]
+    dear = router.route(list(QUERIES), vocab, cost_lambda=1e4, library=LIBRARY)
+    assert {LIBRARY.index(p) for p in dear} == {0}  # 1e4 x 2e-3 = 20 > the point it buys
+    utility = validation_utility(router, vocab, train, (100.0, 1e4))
+    assert utility[100.0] == pytest.approx((5 * 0.99 + 3 * 0.8) / 8)
+    assert utility[1e4] == pytest.approx((5 * 1.0 + 3 * 0.0) / 8 - 1e4 * 1e-4)
+    assert history[-1].executions == len(QUERIES) * len(LIBRARY)
+
+
+def test_validation_keeps_the_best_weights_not_the_last():
+    router, vocab = make_router(), small_vocab()
+    train = outcomes(QUERIES, HARD)
+    flipped = outcomes(QUERIES, set())  # validation: the team never pays
+    trainer = LibraryTrainer(router, vocab, train, flipped, LibraryConfig(
+        lambdas=(0.0,), steps=60, batch_size=8, learning_rate=1e-2, eval_every=20))
+    history = trainer.fit()
+    best = max(history, key=lambda p: p.mean_validation_utility)
+    assert trainer.best_step == best.step
+    assert validation_utility(router, vocab, flipped, (0.0,))[0.0] == pytest.approx(
+        best.validation_utility[0.0])
+
+
+def test_outcomes_are_validated():
+    with pytest.raises(ConfigError, match=r"correct is \[2, 4\], expected \[3 queries, 4 plans\]"):
+        LibraryOutcomes(LIBRARY, QUERIES[:3], torch.zeros(2, 4), torch.zeros(3, 4))
+    with pytest.raises(ConfigError, match="cost must be finite and >= 0"):
+        LibraryOutcomes(LIBRARY, QUERIES[:1], torch.zeros(1, 4), -torch.ones(1, 4))
+    with pytest.raises(ConfigError, match="lambdas"):
+        LibraryConfig(lambdas=())
+
+
+def test_checkpoints_carry_the_library(tmp_path):
+    router, vocab = make_router(), small_vocab()
+    path = save_checkpoint(tmp_path / "r.pt", router, vocab, library=LIBRARY)
+    loaded = load_checkpoint(path, encoder=shared_encoder())
+    assert loaded.library == LIBRARY
+    with torch.no_grad():
+        assert torch.allclose(
+            loaded.router.plan_log_probs(list(QUERIES[:2]), LIBRARY, vocab, cost_lambda=10.0),
+            router.plan_log_probs(list(QUERIES[:2]), LIBRARY, vocab, cost_lambda=10.0))
