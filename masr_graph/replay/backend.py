@@ -359,6 +359,7 @@ def replay_specs(
             description=llm.description,
             max_concurrency=max_concurrency,
             timeout_s=timeout_s,
+            notional="replay pool: recorded list prices, nothing was paid",
         )
         for llm in table.llms
     ]
