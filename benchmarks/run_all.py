@@ -9,7 +9,14 @@ Writes to ``--out`` (default ``runs/latest``): ``results.json``, ``results.md``,
 ``llm_distribution.png``, per-query traces ``traces/<benchmark>/<method>.jsonl``, the splits'
 ids ``splits/``, router checkpoints ``checkpoints/``, and the LLM response and score caches. A rerun
 with the same ``--out`` resumes: finished queries are read back, training resumes from its
-checkpoint, and repeated LLM calls come from the cache.
+checkpoint, and repeated LLM calls come from the cache. ``results.md`` / ``results.json`` are
+rewritten after every benchmark (a crash keeps the finished ones) and when the run stops; every
+LLM call record of the invocation goes to ``ledgers/<run id>.jsonl``.
+
+Exit status (the same as ``masr``, :mod:`masr_graph.exit_status`): 0 done, 1 error (one line says
+what to fix, e.g. a missing data directory, API-key variable or an unreachable LLM), 2 bad command
+line, 3 stopped by ``--max-usd`` (finished results are written; rerun with a higher cap to
+continue), 130 interrupted (rerun with the same ``--out`` to resume).
 """
 from __future__ import annotations
 
@@ -17,6 +24,7 @@ import argparse
 import asyncio
 import sys
 import time
+import uuid
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Optional, Sequence
@@ -32,6 +40,7 @@ from masr_graph.benchmarks.tasks.datasets import Example
 from masr_graph.benchmarks.experiment import (
     REPLAY_BENCHMARKS,
     RoutedMethod,
+    Runtime,
     Splits,
     evaluate_method,
     fit_trainer,
@@ -39,6 +48,7 @@ from masr_graph.benchmarks.experiment import (
     make_trainer,
     open_runtime,
     pool_specs,
+    spending_text,
 )
 from masr_graph.benchmarks.tasks.registry import benchmark_names
 from masr_graph.benchmarks.reporting.results import (
@@ -51,8 +61,16 @@ from masr_graph.benchmarks.reporting.results import (
     summarise,
     write_results_json,
 )
-from masr_graph.errors import BatchBudgetExceeded, BudgetExceeded, ConfigError
-from masr_graph.llm import LLMSpec
+from masr_graph.errors import BudgetExceeded
+from masr_graph.exit_status import (
+    BudgetStop,
+    non_negative_float,
+    non_negative_int,
+    positive_int,
+    run_command,
+    usd_amount,
+)
+from masr_graph.llm import DEFAULT_FAIL_FAST_AFTER, UNKNOWN_OUTCOME_COSTS, LLMSpec, notional_note
 from masr_graph.router import TextEncoder, TrainerConfig
 from masr_graph.runtime.topology import topology_names
 
@@ -67,6 +85,7 @@ class RunSettings:
 
 def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
+        prog="run_all.py",
         description=__doc__.split("\n\n")[0],
         formatter_class=argparse.RawDescriptionHelpFormatter,
         epilog=__doc__.split("\n\n", 1)[1],
@@ -83,14 +102,28 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     parser.add_argument("--quick", action="store_true",
                         help="CI-sized run: small train/test samples and few training steps")
     parser.add_argument("--seeds", nargs="+", type=int, default=[0], help="router training seeds")
-    parser.add_argument("--lambdas", nargs="+", type=float, default=[100.0],
+    parser.add_argument("--lambdas", nargs="+", type=non_negative_float, default=[100.0],
                         help="cost penalties λ (utility per $); several draw the Pareto front")
-    parser.add_argument("--max-usd", type=float, default=None,
+    parser.add_argument("--max-usd", type=usd_amount, default=None,
                         help="budget cap for the whole run; the call that would exceed it is not made")
-    parser.add_argument("--train-steps", type=int, default=None, help="router training steps")
-    parser.add_argument("--batch-size", type=int, default=None, help="distinct queries per router training step (each sampled several times)")
-    parser.add_argument("--max-train", type=int, default=None, help="cap on training queries per benchmark")
-    parser.add_argument("--max-test", type=int, default=None, help="cap on test queries per benchmark")
+    parser.add_argument("--unknown-outcome-cost", choices=UNKNOWN_OUTCOME_COSTS,
+                        default="worst_case",
+                        help="what an attempt of unknown outcome (timeout, dropped connection, "
+                             "garbled reply) is charged, in the budget and the ledger alike: its "
+                             "worst case (default) or its prompt only")
+    parser.add_argument("--fail-fast-after", type=non_negative_int,
+                        default=DEFAULT_FAIL_FAST_AFTER, metavar="N",
+                        help="stop when an LLM's (or endpoint's) first N calls all fail for good "
+                             f"(default: {DEFAULT_FAIL_FAST_AFTER}; 0: never)")
+    parser.add_argument("--train-steps", type=non_negative_int, default=None,
+                        help="router training steps")
+    parser.add_argument("--batch-size", type=positive_int, default=None,
+                        help="distinct queries per router training step (each sampled several "
+                             "times)")
+    parser.add_argument("--max-train", type=positive_int, default=None,
+                        help="cap on training queries per benchmark")
+    parser.add_argument("--max-test", type=positive_int, default=None,
+                        help="cap on test queries per benchmark")
     parser.add_argument("--split-seed", type=int, default=0, help="seed of the train/test splits")
     parser.add_argument("--rule", default="stubborn", help="replay collaboration rule")
     parser.add_argument("--no-baselines", action="store_true", help="only train and test MasRouter")
@@ -114,37 +147,83 @@ def settings_for(args: argparse.Namespace) -> RunSettings:
 
 
 class Runner:
-    """Everything one ``run_all`` invocation shares: the pool, runtime, caches and result store."""
+    """Everything one ``run_all`` invocation shares: the pool, runtime, caches and result store.
 
-    def __init__(self, args: argparse.Namespace, specs: list[LLMSpec], backend: dict[str, Any]):
+    Results are written after every benchmark and whenever the run stops (budget cap, error,
+    interrupt), so what finished is never lost."""
+
+    def __init__(self, args: argparse.Namespace, specs: list[LLMSpec], backend: dict[str, Any],
+                 settings: RunSettings):
         self.args = args
         self.out: Path = args.out
         self.specs = specs
         self.backend = backend
+        self.settings = settings
+        self.notional = notional_note(specs)
         self.store = RunStore(self.out)
         self.encoder = TextEncoder(cache_path=self.out / "embeddings.pt")
         self.summaries: list[MethodSummary] = []
         self.notes: list[str] = []
+        self.started = time.perf_counter()
+        self.runtime: Optional[Runtime] = None
 
-    async def run(self, data: Splits, settings: RunSettings) -> None:
-        async with open_runtime(self.specs, self.out, max_usd=self.args.max_usd,
-                                run_id=f"run_all-{int(time.time())}") as runtime:
-            self.pipeline = runtime.pipeline
+    async def run(self, data: Splits) -> str:
+        """Run every benchmark; returns the final results markdown.
+
+        Raises:
+            BudgetStop: the budget cap stopped the run (results of what finished are written).
+        """
+        run_id = f"run_all-{time.strftime('%Y%m%dT%H%M%S')}-{uuid.uuid4().hex[:6]}"
+        async with open_runtime(self.specs, self.out, max_usd=self.args.max_usd, run_id=run_id,
+                                unknown_outcome_cost=self.args.unknown_outcome_cost,
+                                fail_fast_after=self.args.fail_fast_after or None) as runtime:
+            self.runtime, self.pipeline = runtime, runtime.pipeline
             try:
-                for name, (train, test) in data.items():
-                    await self.run_benchmark(name, train, test, settings)
-            except (BudgetExceeded, BatchBudgetExceeded) as stop:
-                self.notes.append(f"stopped by the budget cap: {stop}")
-                print(f"\n{stop}\nResults so far are kept; rerun with a higher --max-usd to "
-                      "resume.", file=sys.stderr)
+                for done, (name, (train, test)) in enumerate(data.items(), start=1):
+                    await self.run_benchmark(name, train, test, self.settings)
+                    self.write_results(f"running: {done} of {len(data)} benchmarks finished",
+                                       plots=done < len(data))
+            except BudgetExceeded as stop:
+                self.write_results(f"stopped by the budget cap: {stop}", plots=True)
+                raise BudgetStop(stop, kept=f"results of every finished method are in "
+                                            f"{self.out / 'results.md'}, finished queries under "
+                                            f"{self.store.traces_dir}") from None
+            except (Exception, KeyboardInterrupt, asyncio.CancelledError) as exc:
+                reason = "interrupted" if not isinstance(exc, Exception) else str(exc)
+                self.write_results(f"stopped before the end: {reason}", plots=False)
+                raise
             finally:
                 # A rerun (resume, another --lambdas) then routes without re-encoding any text.
                 self.encoder.save_cache()
-        totals = runtime.pool.ledger.totals()
-        self.notes.append(
-            f"LLM calls this invocation: {totals.calls} ({totals.cached_calls} from cache), "
-            f"${totals.cost_usd:.4f} spent, ${totals.would_have_cost_usd:.4f} without the cache"
-        )
+        return self.write_results("complete", plots=True)
+
+    def write_results(self, status: str, *, plots: bool) -> str:
+        """Write ``results.json`` and ``results.md`` (and the figures when ``plots``) for every
+        method finished so far; returns the markdown."""
+        assert self.runtime is not None
+        spending = self.runtime.spending()
+        args, settings = self.args, self.settings
+        meta = {
+            "status": status,
+            "backend": self.backend.get("backend"),
+            "collaboration rule": self.backend.get("collaboration_rule", "n/a (real LLMs)"),
+            "settings": f"{'quick' if args.quick else 'full'}; {settings}; seeds {args.seeds}; "
+                        f"λ {args.lambdas}; split seed {args.split_seed}",
+            "wall time": f"{time.perf_counter() - self.started:.0f} s",
+            "spent (this invocation, what the budget counted)": spending_text(spending),
+            **{f"note {i + 1}": note for i, note in enumerate(self.notes)},
+        }
+        write_results_json(self.summaries, self.out / "results.json",
+                           {**meta, "spending": spending, "backend_info": self.backend})
+        markdown = (results_markdown(self.summaries, meta, notional=self.notional)
+                    + targets_markdown(self.summaries, notional=self.notional))
+        tmp = self.out / "results.md.tmp"
+        tmp.write_text(markdown, encoding="utf-8")
+        tmp.replace(self.out / "results.md")
+        if plots and self.summaries:
+            plot_pareto(self.summaries, self.out / "pareto.png", notional=self.notional)
+            plot_llm_distribution(self.summaries, self.out / "llm_distribution.png")
+        return markdown
 
     async def method(self, name: str, method: Any, examples: list[Example], *, group: str,
                      key: Optional[str] = None) -> list[QueryResult]:
@@ -209,9 +288,11 @@ class Runner:
                           group="MasRouter")
 
 
-def targets_markdown(summaries: Sequence[MethodSummary]) -> str:
-    """The issue's targets per benchmark: MasRouter vs best single LLM vs oracle."""
-    lines = ["", "## Targets (MasRouter vs best single LLM and oracle)", "",
+def targets_markdown(summaries: Sequence[MethodSummary], *, notional: str = "") -> str:
+    """The issue's targets per benchmark: MasRouter vs best single LLM vs oracle (``notional``:
+    the $ figures are not money, see :func:`masr_graph.llm.notional_note`)."""
+    unit = " ($ notional)" if notional else ""
+    lines = ["", f"## Targets (MasRouter vs best single LLM and oracle){unit}", "",
              "| benchmark | MasRouter | best single LLM | cheapest LLM | learned router | oracle | "
              "cost ratio (≤ 0.5) | gap closed (≥ 70 %) |",
              "|---|---|---|---|---|---|---:|---:|"]
@@ -237,35 +318,24 @@ def targets_markdown(summaries: Sequence[MethodSummary]) -> str:
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
+    """Entry point; returns the exit status (see the module docstring)."""
     args = parse_args(argv)
+    return run_command("run_all.py", lambda: _run(args))
+
+
+def _run(args: argparse.Namespace) -> int:
     settings = settings_for(args)
     args.out.mkdir(parents=True, exist_ok=True)
     specs, backend = pool_specs(args.pool, data_dir=args.data_dir, rule=args.rule)
-    started = time.perf_counter()
-    try:
-        data = load_examples(args.benchmarks, replay=args.pool is None,
-                             splits_dir=args.out / "splits", data_dir=args.data_dir,
-                             split_seed=args.split_seed, max_train=settings.max_train,
-                             max_test=settings.max_test)
-    except ConfigError as exc:
-        raise SystemExit(str(exc)) from None
-    runner = Runner(args, specs, backend)
-    asyncio.run(runner.run(data, settings))
-    meta = {
-        "backend": backend.get("backend"),
-        "collaboration rule": backend.get("collaboration_rule", "n/a (real LLMs)"),
-        "settings": f"{'quick' if args.quick else 'full'}; {settings}; seeds {args.seeds}; "
-                    f"λ {args.lambdas}; split seed {args.split_seed}",
-        "wall time": f"{time.perf_counter() - started:.0f} s",
-        **{f"note {i + 1}": note for i, note in enumerate(runner.notes)},
-    }
-    write_results_json(runner.summaries, args.out / "results.json", {**meta, "backend_info": backend})
-    markdown = results_markdown(runner.summaries, meta) + targets_markdown(runner.summaries)
-    (args.out / "results.md").write_text(markdown, encoding="utf-8")
-    plot_pareto(runner.summaries, args.out / "pareto.png")
-    plot_llm_distribution(runner.summaries, args.out / "llm_distribution.png")
+    data = load_examples(args.benchmarks, replay=args.pool is None,
+                         splits_dir=args.out / "splits", data_dir=args.data_dir,
+                         split_seed=args.split_seed, max_train=settings.max_train,
+                         max_test=settings.max_test)
+    runner = Runner(args, specs, backend, settings)
+    markdown = asyncio.run(runner.run(data))
     print(markdown)
-    print(f"wrote {args.out}/results.md, results.json, pareto.png, llm_distribution.png, traces/")
+    print(f"wrote {args.out}/results.md, results.json, pareto.png, llm_distribution.png, traces/, "
+          "ledgers/")
     return 0
 
 

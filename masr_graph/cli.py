@@ -11,34 +11,44 @@ wiring of ``benchmarks/run_all.py`` (:mod:`masr_graph.benchmarks.experiment`) an
 directory (``--out``) holding the splits, the LLM response and score caches and the per-query
 traces, so reruns resume and repeated calls cost nothing.
 
-Exit status: 0 done, 1 an error (the message says what to fix), 2 bad command line, 3 stopped
-by the budget cap (everything finished before the stop is kept; rerun with a higher
-``--max-usd`` to continue).
+Exit status (the same for ``benchmarks/run_all.py``, see masr_graph.exit_status): 0 done,
+1 an error (one line says what to fix), 2 bad command line, 3 stopped by the budget cap
+(everything finished before the stop is kept; rerun with a higher ``--max-usd`` to continue),
+130 interrupted (rerun with the same ``--out`` to resume).
 """
 from __future__ import annotations
 
 import argparse
-import asyncio
 import hashlib
 import json
 import logging
 import os
 import sys
 import time
+import uuid
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Optional, Sequence
 
-from .errors import BudgetExceeded, ConfigError, MasrError
+from .errors import BudgetExceeded, ConfigError
+from .exit_status import (
+    BudgetStop,
+    non_negative_float,
+    non_negative_int,
+    positive_int,
+    run_command,
+    temperature,
+    usd_amount,
+)
 
 if TYPE_CHECKING:
     from .plan import Plan
 
-# Heavy modules (torch, the benchmarks) are imported inside the commands so `--help` is instant.
+# Heavy modules (torch, the benchmarks, the LLM layer) are imported inside the commands so
+# `--help` is instant; the defaults below mirror masr_graph.llm's.
 
-EXIT_ERROR = 1
-EXIT_BUDGET = 3
-EXIT_INTERRUPTED = 130
 DEFAULT_OUT = Path("runs/masr")
+FAIL_FAST_AFTER = 5  # masr_graph.llm.DEFAULT_FAIL_FAST_AFTER
+UNKNOWN_OUTCOME_COSTS = ("worst_case", "prompt_only")  # masr_graph.llm.UNKNOWN_OUTCOME_COSTS
 
 
 # ---------------------------------------------------------------------------------- arguments
@@ -54,31 +64,29 @@ def _add_pool_options(parser: argparse.ArgumentParser, *, replay_help: str) -> N
                         help="replay collaboration rule (default: stubborn)")
 
 
+def _add_budget_options(parser: argparse.ArgumentParser, *, cap_help: str) -> None:
+    parser.add_argument("--max-usd", type=usd_amount, default=None, help=cap_help)
+    parser.add_argument("--unknown-outcome-cost", choices=UNKNOWN_OUTCOME_COSTS,
+                        default="worst_case",
+                        help="what an attempt of unknown outcome (timeout, dropped connection, "
+                             "garbled reply) is charged, in the budget and the ledger alike: its "
+                             "worst case (default) or its prompt only")
+
+
 def _add_experiment_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--benchmarks", nargs="+", default=None, metavar="NAME",
                         help="benchmarks to use (default: gsm8k math humaneval mbpp mmlu)")
     parser.add_argument("--split-seed", type=int, default=0,
                         help="seed of the train/test splits; train and eval must use the same "
                              "(default: 0)")
-    parser.add_argument("--max-usd", type=float, default=None,
-                        help="budget cap in $ for this invocation; the call that would exceed it "
-                             "is not made")
+    _add_budget_options(parser, cap_help="budget cap in $ for this invocation; the call that "
+                                         "would exceed it is not made")
+    parser.add_argument("--fail-fast-after", type=non_negative_int, default=FAIL_FAST_AFTER,
+                        metavar="N",
+                        help="stop when an LLM's (or endpoint's) first N calls all fail for good "
+                             f"(default: {FAIL_FAST_AFTER}; 0: never)")
     parser.add_argument("--out", type=Path, default=DEFAULT_OUT,
                         help=f"output directory: splits, caches, traces (default: {DEFAULT_OUT})")
-
-
-def _positive_int(text: str) -> int:
-    value = int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be an integer >= 1 (got {value})")
-    return value
-
-
-def _non_negative_int(text: str) -> int:
-    value = int(text)
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"must be an integer >= 0 (got {value})")
-    return value
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -113,16 +121,16 @@ def build_parser() -> argparse.ArgumentParser:
                        help="start from this checkpoint's router weights with a fresh optimizer")
     _add_pool_options(train, replay_help="offline recorded-outcome pool (default)")
     _add_experiment_options(train)
-    train.add_argument("--steps", type=_non_negative_int, default=200,
+    train.add_argument("--steps", type=non_negative_int, default=200,
                        help="total training steps (default: 200)")
-    train.add_argument("--batch-size", type=_positive_int, default=32,
+    train.add_argument("--batch-size", type=positive_int, default=32,
                        help="queries per step (default: 32)")
-    train.add_argument("--lam", type=float, default=100.0,
+    train.add_argument("--lam", type=non_negative_float, default=100.0,
                        help="cost penalty λ in utility per $ (default: 100)")
     train.add_argument("--seed", type=int, default=0, help="training seed (default: 0)")
-    train.add_argument("--max-train", type=_positive_int, default=None,
+    train.add_argument("--max-train", type=positive_int, default=None,
                        help="cap on training queries per benchmark (default: all)")
-    train.add_argument("--checkpoint-every", type=_positive_int, default=1,
+    train.add_argument("--checkpoint-every", type=positive_int, default=1,
                        help="save every that many steps (default: 1, so a budget stop loses no "
                             "finished step)")
 
@@ -134,7 +142,7 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--checkpoint", type=Path, required=True, help="router checkpoint (.pt)")
     _add_pool_options(evaluate, replay_help="offline recorded-outcome pool (default)")
     _add_experiment_options(evaluate)
-    evaluate.add_argument("--max-test", type=_positive_int, default=None,
+    evaluate.add_argument("--max-test", type=positive_int, default=None,
                           help="cap on test queries per benchmark (default: all)")
     evaluate.add_argument("--name", default=None,
                           help="method name in results (default: MasRouter [<checkpoint>@<sha>])")
@@ -149,23 +157,26 @@ def build_parser() -> argparse.ArgumentParser:
     _add_pool_options(serve, replay_help="offline recorded-outcome pool (default); it answers "
                                          "only recorded queries")
     serve.add_argument("--host", default="127.0.0.1", help="address to bind (default: 127.0.0.1)")
-    serve.add_argument("--port", type=_non_negative_int, default=8000,
+    serve.add_argument("--port", type=non_negative_int, default=8000,
                        help="port to bind; 0 picks a free one (default: 8000)")
     serve.add_argument("--api-key-env", default=None, metavar="NAME",
                        help="require 'Authorization: Bearer <key>' with the key read from the "
                             "environment variable NAME (never from the command line)")
-    serve.add_argument("--max-usd", type=float, default=None,
-                       help="budget cap in $ for the server's lifetime; then requests get 429")
+    _add_budget_options(serve, cap_help="budget cap in $ for the server's lifetime; then "
+                                        "requests get 429")
     serve.add_argument("--cache", type=Path, default=None, metavar="FILE",
                        help="SQLite LLM response cache (default: none)")
     serve.add_argument("--seed", type=int, default=0,
                        help="default edge-sampling seed; a request's 'seed' overrides it")
-    serve.add_argument("--max-tokens", type=_positive_int, default=512,
+    serve.add_argument("--max-tokens", type=positive_int, default=512,
                        help="completion cap per agent call (default: 512)")
-    serve.add_argument("--temperature", type=float, default=0.0,
+    serve.add_argument("--temperature", type=temperature, default=0.0,
                        help="sampling temperature of every agent (default: 0)")
-    serve.add_argument("--max-concurrent-runs", type=_positive_int, default=64,
+    serve.add_argument("--max-concurrent-runs", type=positive_int, default=64,
                        help="multi-agent runs executing at once; more requests queue (default: 64)")
+    serve.add_argument("--max-body-mb", type=positive_int, default=1,
+                       help="largest request body accepted, in MiB; larger ones get a 413 with "
+                            "OpenAI's error body (default: 1)")
     return parser
 
 
@@ -204,9 +215,16 @@ def _format_plan(query: str, plan: "Plan") -> str:
     return "\n".join(lines)
 
 
-def _print_budget_stop(stop: BudgetExceeded, what: str) -> None:
-    print(f"masr: stopped by the budget cap: {stop}\n{what}; rerun with a higher --max-usd to "
-          "continue.", file=sys.stderr)
+def _spent(runtime: Any) -> str:
+    """One line of what the invocation spent (see ``Runtime.spending``)."""
+    from .benchmarks.experiment import spending_text
+
+    return spending_text(runtime.spending())
+
+
+def _runtime_options(args: argparse.Namespace) -> dict[str, Any]:
+    return {"max_usd": args.max_usd, "unknown_outcome_cost": args.unknown_outcome_cost,
+            "fail_fast_after": args.fail_fast_after or None}
 
 
 def _read_api_key(env_var: Optional[str]) -> Optional[str]:
@@ -250,6 +268,7 @@ async def _train(args: argparse.Namespace) -> int:
         open_runtime,
         pool_specs,
     )
+    from .llm import notional_note
     from .router import TextEncoder, TrainerConfig
 
     benchmarks = _benchmarks(args.benchmarks)
@@ -262,8 +281,9 @@ async def _train(args: argparse.Namespace) -> int:
     print(f"training on {len(train)} queries of {', '.join(benchmarks)} over {len(specs)} LLMs "
           f"(λ={args.lam:g}, batch {args.batch_size}, seed {args.seed})", file=sys.stderr)
     encoder = TextEncoder(cache_path=args.out / "embeddings.pt")
-    async with open_runtime(specs, args.out, max_usd=args.max_usd,
-                            run_id=f"masr-train-{int(time.time())}") as runtime:
+    stopped: Optional[BudgetExceeded] = None
+    async with open_runtime(specs, args.out, run_id=_run_id("masr-train"),
+                            **_runtime_options(args)) as runtime:
         trainer = make_trainer(specs, runtime.pipeline, args.checkpoint, encoder=encoder,
                                config=requested, init_from=args.init_from)
         for field in ("cost_lambda", "batch_size", "seed"):
@@ -272,27 +292,29 @@ async def _train(args: argparse.Namespace) -> int:
                 raise ConfigError(
                     f"checkpoint {args.checkpoint} was trained with {field}={stored!r}, not "
                     f"{wanted!r}; resume with the same setting or write to another --checkpoint")
+        history = []
         try:
             history = await fit_trainer(trainer, train, steps=args.steps,
                                         checkpoint=args.checkpoint,
                                         checkpoint_every=args.checkpoint_every)
         except BudgetExceeded as stop:
-            _print_budget_stop(stop, f"{args.checkpoint} holds the {trainer.step_count} steps "
-                                     "finished before it")
-            return EXIT_BUDGET
+            stopped = stop
         finally:
             encoder.save_cache()
-    totals = runtime.pool.ledger.totals()
+    note = notional_note(specs)
     if history:
         last = history[-min(10, len(history)):]
         mean = lambda name: sum(getattr(s, name) for s in last) / len(last)  # noqa: E731
         print(f"trained to step {trainer.step_count}; last {len(last)} steps: reward "
               f"{mean('reward'):.3f}, utility {mean('utility'):.3f}, "
-              f"${mean('cost_usd'):.2e} per query, {mean('mean_agents'):.2f} agents")
-    else:
+              f"${mean('cost_usd'):.2e} per query{f' ({note})' if note else ''}, "
+              f"{mean('mean_agents'):.2f} agents")
+    elif stopped is None:
         print(f"{args.checkpoint} is already at step {trainer.step_count} (--steps {args.steps})")
-    print(f"checkpoint: {args.checkpoint}; LLM calls: {totals.calls} ({totals.cached_calls} "
-          f"cached), ${totals.cost_usd:.4f} spent")
+    print(f"checkpoint: {args.checkpoint}; {_spent(runtime)}")
+    if stopped is not None:
+        raise BudgetStop(stopped, kept=f"{args.checkpoint} holds the {trainer.step_count} steps "
+                                       "finished before it")
     return 0
 
 
@@ -307,6 +329,7 @@ async def _eval(args: argparse.Namespace) -> int:
         vocab_for_pool,
     )
     from .benchmarks.reporting.results import RunStore, results_markdown, summarise, write_results_json
+    from .llm import notional_note
     from .router import TextEncoder, load_checkpoint
 
     benchmarks = _benchmarks(args.benchmarks)
@@ -319,36 +342,40 @@ async def _eval(args: argparse.Namespace) -> int:
                          max_test=args.max_test, used_ids_name="eval_ids")
     store = RunStore(args.out)
     summaries = []
-    status = 0
-    async with open_runtime(specs, args.out, max_usd=args.max_usd,
-                            run_id=f"masr-eval-{int(time.time())}") as runtime:
+    stopped: Optional[BudgetExceeded] = None
+    async with open_runtime(specs, args.out, run_id=_run_id("masr-eval"),
+                            **_runtime_options(args)) as runtime:
         try:
             for name in benchmarks:
                 results = await evaluate_method(runtime.pipeline, store, name, method,
                                                 data[name][1])
                 summaries.append(summarise(results, group="MasRouter"))
         except BudgetExceeded as stop:
-            _print_budget_stop(stop, f"finished queries are stored under {store.traces_dir}")
-            status = EXIT_BUDGET
+            stopped = stop
         finally:
             encoder.save_cache()
-    totals = runtime.pool.ledger.totals()
+    spending = runtime.spending()
     meta = {
         "checkpoint": str(args.checkpoint),
         "backend": backend.get("backend"),
         "collaboration rule": backend.get("collaboration_rule", "n/a (real LLMs)"),
         "split seed": args.split_seed,
-        "LLM calls": f"{totals.calls} ({totals.cached_calls} cached), ${totals.cost_usd:.4f} "
-                     f"spent",
+        "status": "complete" if stopped is None else f"stopped by the budget cap: {stopped}",
+        "spent (this invocation, what the budget counted)": _spent(runtime),
     }
     if summaries:
         stem = "eval-" + "".join(c if c.isalnum() or c in "-_." else "_" for c in label)
-        write_results_json(summaries, args.out / f"{stem}.json", {**meta, "backend_info": backend})
-        markdown = results_markdown(summaries, meta)
+        write_results_json(summaries, args.out / f"{stem}.json",
+                           {**meta, "spending": spending, "backend_info": backend})
+        markdown = results_markdown(summaries, meta, notional=notional_note(specs))
         (args.out / f"{stem}.md").write_text(markdown, encoding="utf-8")
         print(markdown)
         print(f"wrote {args.out / stem}.json, .md and traces under {store.traces_dir}")
-    return status
+    if stopped is not None:
+        raise BudgetStop(stopped, kept=f"the benchmarks finished before it are in the eval "
+                                       f"tables; finished queries are stored under "
+                                       f"{store.traces_dir}")
+    return 0
 
 
 async def _serve(args: argparse.Namespace) -> int:
@@ -358,27 +385,28 @@ async def _serve(args: argparse.Namespace) -> int:
 
     specs, _ = pool_specs(args.pool, data_dir=args.data_dir, rule=args.rule)
     await serve(args.checkpoint, specs, host=args.host, port=args.port, api_key=api_key,
-                max_usd=args.max_usd, cache_path=args.cache, seed=args.seed,
-                max_tokens=args.max_tokens, temperature=args.temperature,
-                max_concurrent_runs=args.max_concurrent_runs,
+                max_usd=args.max_usd, unknown_outcome_cost=args.unknown_outcome_cost,
+                cache_path=args.cache, seed=args.seed, max_tokens=args.max_tokens,
+                temperature=args.temperature, max_concurrent_runs=args.max_concurrent_runs,
+                max_body_bytes=args.max_body_mb * 2**20,
                 ready=lambda line: print(line, flush=True))
     return 0
 
 
+def _run_id(command: str) -> str:
+    """A run id for the ledger file ``OUT/ledgers/<run id>.jsonl``: time, then a random suffix
+    so two invocations in the same second keep separate ledgers."""
+    return f"{command}-{time.strftime('%Y%m%dT%H%M%S')}-{uuid.uuid4().hex[:6]}"
+
+
 def main(argv: Optional[Sequence[str]] = None) -> int:
-    """Entry point of the ``masr`` console script; returns the exit status."""
+    """Entry point of the ``masr`` console script; returns the exit status
+    (:mod:`masr_graph.exit_status`; a bad command line exits with 2 from argparse)."""
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="masr: %(levelname)s %(name)s: %(message)s")
     commands: dict[str, Any] = {"route": _route, "train": _train, "eval": _eval, "serve": _serve}
-    try:
-        outcome = commands[args.command](args)
-        return asyncio.run(outcome) if asyncio.iscoroutine(outcome) else outcome
-    except MasrError as exc:
-        print(f"masr {args.command}: error: {exc}", file=sys.stderr)
-        return EXIT_ERROR
-    except KeyboardInterrupt:
-        print(f"masr {args.command}: interrupted", file=sys.stderr)
-        return EXIT_INTERRUPTED
+    return run_command(f"masr {args.command}", lambda: commands[args.command](args),
+                       resumable=args.command in ("train", "eval"))
 
 
 if __name__ == "__main__":

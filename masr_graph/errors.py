@@ -36,6 +36,42 @@ class LLMCallError(MasrError):
         self.attempts = attempts
 
 
+class LLMUnavailableError(MasrError):
+    """An LLM's first calls of a run all failed for good and none was answered, so its endpoint,
+    model id or key is most likely wrong: the run stops here instead of recording every later
+    call as a failed agent, which would report (and train on) nothing but failures.
+
+    Deliberately not an :class:`LLMCallError`: the runtime records those as agent failures and
+    carries on; this one propagates out of a batch.
+
+    Args:
+        llm: the LLM whose call tripped the check.
+        endpoint: its ``base_url``.
+        failures: how many calls failed before it stopped.
+        reason: the last call's failure.
+        scope: what ``failures`` counts: ``"LLM"`` this LLM's calls, ``"endpoint"`` the calls of
+            every LLM sharing its endpoint, ``"pool"`` the calls of the whole pool.
+    """
+
+    SCOPES = {"LLM": "to it", "endpoint": "to its endpoint", "pool": "of the pool"}
+
+    def __init__(self, llm: str, endpoint: str, failures: int, reason: str, scope: str = "LLM"):
+        if scope not in self.SCOPES:
+            raise ValueError(f"scope must be one of {list(self.SCOPES)} (got {scope!r})")
+        counted = self.SCOPES[scope]
+        one_line = " ".join(reason.split())
+        super().__init__(
+            f"LLM {llm!r} at {endpoint} is unavailable: the first {failures} call(s) {counted} "
+            f"failed for good and none was answered (last error: {one_line}); check the "
+            "endpoint, the model id and the API key"
+        )
+        self.llm = llm
+        self.endpoint = endpoint
+        self.failures = failures
+        self.reason = reason
+        self.scope = scope
+
+
 class BudgetExceeded(MasrError):
     """The next call could cost more than what is left of the run's ``max_usd`` cap.
 
@@ -107,3 +143,8 @@ class LocalServerError(MasrError):
 class SandboxError(MasrError, RuntimeError):
     """The code sandbox itself could not be set up or torn down (not a failure of the sandboxed
     code, which is reported in its ``SandboxResult``)."""
+
+
+class ScorerError(MasrError, RuntimeError):
+    """A scorer worker process could not be started or the scorer pool is closed (a reply that
+    hangs or crashes its scorer is not an error: it is scored as wrong, with the reason)."""

@@ -681,6 +681,7 @@ class LocalServerPool:
                 api_key_env=None,
                 max_concurrency=self.parallel,
                 timeout_s=self.request_timeout_s,
+                notional="local llama.cpp: estimated electricity, not billed",
             )
             for server in self.servers
         ]

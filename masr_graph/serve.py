@@ -20,6 +20,11 @@ unauthenticated ``GET /health`` (status and router batching counters). Errors ha
 ``{"error": {"message", "type", "param", "code"}}``; errors a retry cannot fix carry
 ``x-should-retry: false``, which the OpenAI SDKs obey.
 
+Request bodies are strict JSON (RFC 8259): UTF-8, no ``NaN``/``Infinity``, no unpaired surrogate
+escapes, nested at most :data:`MAX_JSON_DEPTH` levels — anything else is a 400 ``invalid_json``,
+whatever its shape or size; a body over ``max_body_bytes`` (default 1 MiB) is a 413
+``request_too_large``, with the same error body.
+
 Concurrency: every request is its own task on one event loop. Queries that arrive while the
 router is busy are routed together in the next forward pass (:class:`RouterBatcher`), off the
 loop in a worker thread; at most ``max_concurrent_runs`` multi-agent runs execute at once and
@@ -47,11 +52,11 @@ import uuid
 from pathlib import Path
 from typing import Any, Awaitable, Callable, Optional, Sequence
 
-from aiohttp import web
+from aiohttp import http_exceptions, web
 
 from .benchmarks.experiment import vocab_for_pool
 from .errors import BudgetExceeded, ConfigError, MasrError, UnknownQueryError
-from .llm import Budget, LLMPool, LLMSpec, ResponseCache
+from .llm import Budget, LLMPool, LLMSpec, ResponseCache, notional_note
 from .plan import Plan
 from .router import MasRouter, NodeVocab, TextEncoder, load_checkpoint
 from .runtime import MASExecutor, Trace
@@ -69,6 +74,11 @@ DOMAIN_VOTE_TASKS: dict[str, tuple[str, ...]] = {
 }
 """Benchmarks whose answer keys group a domain's replies in majority votes, tried in order: the
 MATH key reads ``\\boxed{}`` and answer statements, the GSM8K key the ``#### N`` form."""
+
+MAX_JSON_DEPTH = 64
+"""Deepest nesting of arrays and objects accepted in a request body; a chat request needs 4."""
+DEFAULT_MAX_BODY_BYTES = 1 << 20
+"""Largest request body accepted by default (1 MiB, aiohttp's own default)."""
 
 HONOURED_FIELDS = ("model", "messages", "stream", "n", "seed", "masr_include_trace")
 IGNORED_NUMBER_FIELDS = ("temperature", "top_p", "presence_penalty", "frequency_penalty")
@@ -203,6 +213,8 @@ class MasService:
         self.vocab = vocab
         self.executor = executor
         self.seed = seed
+        self.notional = notional_note(executor.pool.specs.values())
+        """Why the pool's $ figures are not money (``""`` when they are)."""
         self.created = int(time.time())
         self._runs = asyncio.Semaphore(max_concurrent_runs)
 
@@ -291,23 +303,29 @@ def _bearer_auth(api_key: str) -> Callable[..., Awaitable[web.StreamResponse]]:
 
 
 SERVICE = web.AppKey("service", MasService)
+MAX_BODY_BYTES = web.AppKey("max_body_bytes", int)
 
 
-def create_app(service: MasService, *, api_key: Optional[str] = None) -> web.Application:
+def create_app(service: MasService, *, api_key: Optional[str] = None,
+               max_body_bytes: int = DEFAULT_MAX_BODY_BYTES) -> web.Application:
     """The aiohttp application serving ``service``.
 
     Args:
         service: router, vocabulary and executor.
         api_key: bearer token every request (but ``/health``) must carry; ``None``: no auth.
+        max_body_bytes: largest request body; a larger one is answered 413.
 
     Raises:
-        ConfigError: ``api_key`` is given but empty.
+        ConfigError: ``api_key`` is given but empty, or ``max_body_bytes`` < 1.
     """
     if api_key is not None and not api_key.strip():
         raise ConfigError("api_key must be a non-empty string or None (no auth)")
+    if max_body_bytes < 1:
+        raise ConfigError(f"max_body_bytes must be >= 1 (got {max_body_bytes})")
     middlewares = [_openai_errors] + ([_bearer_auth(api_key)] if api_key is not None else [])
-    app = web.Application(middlewares=middlewares)
+    app = web.Application(middlewares=middlewares, client_max_size=max_body_bytes)
     app[SERVICE] = service
+    app[MAX_BODY_BYTES] = max_body_bytes
     app.router.add_get("/health", _health)
     app.router.add_get("/v1/models", _models)
     app.router.add_get("/v1/models/{model}", _model)
@@ -386,6 +404,7 @@ async def _chat_completions(request: web.Request) -> web.Response:
             "cached_calls": totals["cached_calls"],
             "cost_usd": totals["cost_usd"],
             "would_have_cost_usd": totals["would_have_cost_usd"],
+            "cost_notional": service.notional or None,
             "wall_s": trace.wall_s,
         },
     }
@@ -395,17 +414,66 @@ async def _chat_completions(request: web.Request) -> web.Response:
 
 
 async def _json_object(request: web.Request) -> dict[str, Any]:
-    raw = await request.read()
+    """The request body as a JSON object, or the :class:`_ApiError` saying why it is not one
+    (400 ``invalid_json`` for any malformed body, 413 for one over the size limit)."""
     try:
-        body = json.loads(raw)
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise _ApiError(400, f"We could not parse the JSON body of your request ({exc}); send "
-                             "a JSON object with 'model' and 'messages'",
-                        code="invalid_json") from None
+        raw = await request.read()
+    except web.HTTPRequestEntityTooLarge:
+        limit = request.app[MAX_BODY_BYTES]
+        raise _ApiError(413, f"the request body is larger than this server's limit of {limit} "
+                             "bytes (masr serve --max-body-mb)", code="request_too_large") from None
+    except (http_exceptions.HttpProcessingError, ValueError) as exc:  # e.g. broken chunking
+        raise _invalid_json(f"the request body could not be read ({exc})") from None
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise _invalid_json(f"the body is not UTF-8 (byte {exc.start}: "
+                            f"{raw[exc.start:exc.start + 1]!r})") from None
+    try:
+        body = json.loads(text, parse_constant=_reject_constant)
+    except RecursionError:
+        raise _invalid_json(f"the body nests arrays or objects deeper than {MAX_JSON_DEPTH} "
+                            "levels") from None
+    except ValueError as exc:  # json.JSONDecodeError, NaN / Infinity
+        raise _invalid_json(str(exc)) from None
+    problem = _json_problem(body)
+    if problem:
+        raise _invalid_json(problem)
     if not isinstance(body, dict):
         raise _ApiError(400, f"the request body must be a JSON object (got "
                              f"{type(body).__name__})", code="invalid_json")
     return body
+
+
+def _invalid_json(reason: str) -> _ApiError:
+    return _ApiError(400, f"We could not parse the JSON body of your request ({reason}); send "
+                          "a JSON object with 'model' and 'messages'", code="invalid_json")
+
+
+def _reject_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not valid JSON (RFC 8259 has no NaN or Infinity)")
+
+
+def _json_problem(value: Any) -> str:
+    """What makes a parsed body unusable although it parsed — nesting deeper than
+    :data:`MAX_JSON_DEPTH` (validation messages quote values with ``repr``, which recurses) or a
+    string that is not Unicode text (an unpaired surrogate escape cannot be encoded, hashed or
+    sent on) — or ``""``. Iterative, so no body can exhaust the stack here."""
+    stack: list[tuple[Any, int]] = [(value, 0)]
+    while stack:
+        item, depth = stack.pop()
+        if isinstance(item, (dict, list)):
+            if depth >= MAX_JSON_DEPTH:
+                return f"the body nests arrays or objects deeper than {MAX_JSON_DEPTH} levels"
+            children = [*item.keys(), *item.values()] if isinstance(item, dict) else item
+            stack.extend((child, depth + 1) for child in children)
+        elif isinstance(item, str):
+            try:
+                item.encode("utf-8")
+            except UnicodeEncodeError as exc:
+                return (f"a string holds an unpaired surrogate escape at character {exc.start}; "
+                        "strings must be Unicode text")
+    return ""
 
 
 def _validated_request(body: dict[str, Any]) -> tuple[str, Optional[int], bool]:
@@ -511,11 +579,13 @@ async def serve(
     port: int = 8000,
     api_key: Optional[str] = None,
     max_usd: Optional[float] = None,
+    unknown_outcome_cost: str = "worst_case",
     cache_path: Optional[Path] = None,
     seed: int = 0,
     max_tokens: int = 512,
     temperature: float = 0.0,
     max_concurrent_runs: int = 64,
+    max_body_bytes: int = DEFAULT_MAX_BODY_BYTES,
     ready: Callable[[str], None] = print,
     stop: Optional[asyncio.Event] = None,
 ) -> None:
@@ -523,8 +593,11 @@ async def serve(
     (default: until SIGINT or SIGTERM).
 
     LLMs whose API key variable is unset are left out of the routing vocabulary (a warning
-    names them). ``ready`` receives one line with the bound address once the server accepts
-    connections (``port=0`` picks a free port).
+    names them). The pool does not fail fast (``fail_fast_after=None``): a server outlives an
+    endpoint's outage, and each request it breaks is answered 502 on its own. ``ready``
+    receives one line with the bound address once the server accepts connections (``port=0``
+    picks a free port). ``unknown_outcome_cost`` is the pool's policy for attempts of unknown
+    outcome; ``max_body_bytes`` the largest request body (larger: 413).
 
     Raises:
         ConfigError: unreadable checkpoint, no callable LLM, or bad settings.
@@ -540,14 +613,15 @@ async def serve(
     vocab = vocab_for_pool(trained.vocab, usable)
     cache = ResponseCache(cache_path) if cache_path is not None else None
     budget = Budget(max_usd) if max_usd is not None else None
-    pool = LLMPool(usable, cache=cache, budget=budget, run_id=f"masr-serve-{int(time.time())}")
+    pool = LLMPool(usable, cache=cache, budget=budget, run_id=f"masr-serve-{int(time.time())}",
+                   unknown_outcome_cost=unknown_outcome_cost, fail_fast_after=None)
     try:
         executor = MASExecutor(pool, keep_messages=False, max_tokens=max_tokens,
                                temperature=temperature)
         service = MasService(trained.router, vocab, executor, seed=seed,
                              max_concurrent_runs=max_concurrent_runs)
         await service.warm_up()
-        app = create_app(service, api_key=api_key)
+        app = create_app(service, api_key=api_key, max_body_bytes=max_body_bytes)
         # Many clients connecting at once must not overflow the listen queue (SYN retries
         # would add whole seconds of latency).
         runner = web.AppRunner(app, access_log=None)
@@ -571,5 +645,6 @@ async def serve(
         if cache is not None:
             await cache.aclose()
     totals = pool.ledger.totals()
+    note = notional_note(usable)
     ready(f"masr serve: stopped after {totals.calls} LLM calls ({totals.cached_calls} cached), "
-          f"${totals.cost_usd:.4f} spent")
+          f"${totals.cost_usd:.4f} spent{f' ({note})' if note else ''}")

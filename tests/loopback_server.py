@@ -42,11 +42,18 @@ concurrently. KIND is one of:
 - ``hang``: the server sends nothing until the client gives up (or the server stops);
 - ``badjson``: HTTP 200, ``Content-Type: application/json``, truncated JSON;
 - ``empty_choices``: HTTP 200 with ``"choices": []`` but a ``usage`` block (a billed failure);
+- ``no_choices``: HTTP 200 with ``"choices": []`` and no ``usage`` (an unknown outcome);
 - ``no_usage``: HTTP 200 with a normal reply and no ``usage`` block (not a failure: the client
   must estimate the tokens);
 - ``drop``: the connection is closed without any response.
 
 Examples: ``"[[fault:429:retry_after=0.2x1]] What is 2+2?"``, ``"[[fault:500x2]] ..."``.
+
+Random faults, for traffic whose text you do not control (benchmark queries): with
+``fault_rate=p`` every attempt of a request without a marker fails with probability ``p``, with a
+kind drawn from ``fault_mix``. The draw is a hash of ``(fault_seed, request, attempt)``, so it is
+deterministic whatever the concurrency; :attr:`LoopbackServer.fault_counts` counts what was
+injected, by kind. ``fault_rate=1.0, fault_mix=("500",)`` is an endpoint that fails every request.
 """
 
 from __future__ import annotations
@@ -59,8 +66,9 @@ import re
 import signal
 import threading
 import time
+from collections import Counter
 from dataclasses import dataclass
-from typing import Any, Callable, Optional
+from typing import Any, Callable, Optional, Sequence
 
 from aiohttp import web
 
@@ -69,7 +77,8 @@ Responder = Callable[[dict[str, Any]], str]
 FAULT_PATTERN = re.compile(
     r"\[\[fault:(?P<kind>[a-z_]+|\d{3})(?::retry_after=(?P<retry_after>[0-9.]+))?(?:x(?P<count>\d+))?\]\]"
 )
-FAULT_KINDS = ("hang", "badjson", "empty_choices", "no_usage", "drop")
+FAULT_KINDS = ("hang", "badjson", "empty_choices", "no_choices", "no_usage", "drop")
+DEFAULT_FAULT_MIX = ("500", "429", "hang", "badjson", "empty_choices", "no_choices", "drop")
 # A hung request waits at most this long, so a forgotten client cannot keep the server busy forever.
 MAX_HANG_S = 300.0
 
@@ -133,13 +142,33 @@ class LoopbackServer:
         responder: maps a request body to the reply text; default :func:`echo_responder`.
         latency_s: delay before every chat-completions response (faults included).
         port: TCP port; 0 picks a free one (read it from :attr:`port` / :attr:`base_url`).
+        fault_rate: probability in [0, 1] that an attempt without a fault marker fails.
+        fault_mix: the kinds random faults are drawn from (uniformly); marker syntax without
+            the count, e.g. ``"500"``, ``"hang"``, ``"429:retry_after=0.1"``.
+        fault_seed: seed of the random faults.
     """
 
     def __init__(
-        self, responder: Optional[Responder] = None, *, latency_s: float = 0.0, port: int = 0
+        self,
+        responder: Optional[Responder] = None,
+        *,
+        latency_s: float = 0.0,
+        port: int = 0,
+        fault_rate: float = 0.0,
+        fault_mix: Sequence[str] = DEFAULT_FAULT_MIX,
+        fault_seed: int = 0,
     ):
         if latency_s < 0:
             raise ValueError(f"latency_s must be >= 0 (got {latency_s})")
+        if not 0.0 <= fault_rate <= 1.0:
+            raise ValueError(f"fault_rate must be in [0, 1] (got {fault_rate})")
+        self.random_faults = [parse_fault(f"[[fault:{kind}]]") for kind in fault_mix]
+        if not self.random_faults or None in self.random_faults:
+            raise ValueError(f"fault_mix must be fault kinds such as {DEFAULT_FAULT_MIX} "
+                             f"(got {tuple(fault_mix)})")
+        self.fault_rate = fault_rate
+        self.fault_seed = fault_seed
+        self._fault_counts: Counter[str] = Counter()
         self.responder: Responder = responder or echo_responder
         self.latency_s = latency_s
         self._requested_port = port
@@ -188,6 +217,12 @@ class LoopbackServer:
             return self._completed
 
     @property
+    def fault_counts(self) -> dict[str, int]:
+        """Faults injected so far (marked and random), by kind."""
+        with self._lock:
+            return dict(self._fault_counts)
+
+    @property
     def max_in_flight(self) -> int:
         """Most chat-completions requests handled at the same time so far."""
         with self._lock:
@@ -199,6 +234,7 @@ class LoopbackServer:
             self._received.clear()
             self._attempts_by_request.clear()
             self._completed = 0
+            self._fault_counts.clear()
             self._max_in_flight = self._in_flight
 
     # ------------------------------------------------------------------------------- lifecycle
@@ -312,6 +348,11 @@ class LoopbackServer:
         if self.latency_s:
             await asyncio.sleep(self.latency_s)
         active_fault = fault if fault and (fault.count is None or attempt <= fault.count) else None
+        if fault is None:
+            active_fault = self._random_fault(request_key, attempt)
+        if active_fault is not None:
+            with self._lock:
+                self._fault_counts[active_fault.kind] += 1
         if active_fault is not None and active_fault.kind != "no_usage":
             return await self._inject(request, active_fault)
         try:
@@ -322,6 +363,15 @@ class LoopbackServer:
         with self._lock:
             self._completed += 1
         return web.json_response(payload)
+
+    def _random_fault(self, request_key: str, attempt: int) -> Optional[Fault]:
+        if not self.fault_rate:
+            return None
+        digest = hashlib.sha256(f"{self.fault_seed}:{request_key}:{attempt}".encode()).digest()
+        draw = int.from_bytes(digest[:8], "big") / 2.0**64
+        if draw >= self.fault_rate:
+            return None
+        return self.random_faults[int.from_bytes(digest[8:16], "big") % len(self.random_faults)]
 
     async def _inject(self, request: web.Request, fault: Fault) -> web.StreamResponse:
         if fault.kind.isdigit():
@@ -341,8 +391,10 @@ class LoopbackServer:
                 text='{"id": "chatcmpl-bad", "choices": [{"message": {"content": "tru',
                 content_type="application/json",
             )
-        if fault.kind == "empty_choices":
-            payload = _completion_payload(await request.json(), "", with_usage=True)
+        if fault.kind in ("empty_choices", "no_choices"):
+            payload = _completion_payload(
+                await request.json(), "", with_usage=fault.kind == "empty_choices"
+            )
             payload["choices"] = []
             return web.json_response(payload)
         assert fault.kind == "drop"
@@ -388,8 +440,15 @@ def main() -> None:
     parser = argparse.ArgumentParser(description="OpenAI-compatible loopback chat server")
     parser.add_argument("--port", type=int, default=0, help="TCP port (0: pick a free one)")
     parser.add_argument("--latency-ms", type=float, default=0.0, help="delay per response")
+    parser.add_argument("--fault-rate", type=float, default=0.0,
+                        help="probability that an attempt without a marker fails (default: 0)")
+    parser.add_argument("--fault-mix", nargs="+", default=list(DEFAULT_FAULT_MIX),
+                        help=f"kinds of random faults (default: {' '.join(DEFAULT_FAULT_MIX)})")
+    parser.add_argument("--fault-seed", type=int, default=0, help="seed of the random faults")
     args = parser.parse_args()
-    server = LoopbackServer(latency_s=args.latency_ms / 1000.0, port=args.port)
+    server = LoopbackServer(latency_s=args.latency_ms / 1000.0, port=args.port,
+                            fault_rate=args.fault_rate, fault_mix=args.fault_mix,
+                            fault_seed=args.fault_seed)
 
     async def serve() -> None:
         task = asyncio.current_task()

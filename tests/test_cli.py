@@ -80,6 +80,10 @@ def test_train_checkpoint_eval_round_trip(tmp_path: Path) -> None:
     assert state is not None and state["step"] == 2 and state["config"]["batch_size"] == 4
     spent = float(re.search(r"\$(\d+\.\d+) spent", done.stdout).group(1))
     assert 0 < spent <= 0.5
+    # Replay prices are recorded list prices: the output says nothing was paid.
+    assert re.search(r"\$\S+ per query \(notional: replay pool", done.stdout)
+    assert re.search(r"\$\d+\.\d+ spent of the \$0\.500000 cap .*\[notional: replay pool: "
+                     r"recorded list prices, nothing was paid\]", done.stdout)
 
     done = masr("eval", "--checkpoint", str(ckpt), "--benchmarks", "gsm8k", "mmlu",
                 "--max-test", "5", "--max-usd", "0.5", "--out", str(out))
@@ -89,6 +93,7 @@ def test_train_checkpoint_eval_round_trip(tmp_path: Path) -> None:
     assert sorted(row["benchmark"] for row in rows) == ["gsm8k", "mmlu"]
     assert all(row["n"] == 5 and 0.0 <= row["accuracy"] <= 1.0 for row in rows)
     assert "| MasRouter [router@" in done.stdout
+    assert "| $ (notional) / query |" in done.stdout and "nothing was paid" in done.stdout
     for benchmark in ("gsm8k", "mmlu"):
         [traces] = list((out / "traces" / benchmark).glob("MasRouter*.jsonl"))
         lines = [json.loads(line) for line in traces.read_text().splitlines()]
@@ -118,8 +123,9 @@ def test_budget_cap_stops_eval_with_status_3(tmp_path: Path) -> None:
     done = masr("eval", "--checkpoint", str(path), "--benchmarks", "gsm8k", "--max-test", "5",
                 "--max-usd", "0.000001", "--out", str(tmp_path / "run"))
     assert done.returncode == 3, done.stderr
-    assert "stopped by the budget cap" in done.stderr
-    assert "rerun with a higher --max-usd" in done.stderr
+    assert "masr eval: stopped by the budget cap" in done.stderr
+    assert done.stderr.rstrip().endswith("rerun with a higher --max-usd to continue.")
+    assert "Traceback" not in done.stderr
 
 
 @pytest.mark.parametrize("args, status, message", [

@@ -25,6 +25,7 @@ from masr_graph.llm import (
     TransientError,
     estimate_prompt_tokens,
     estimate_text_tokens,
+    prompt_tokens_upper_bound,
     register_transport,
 )
 
@@ -97,24 +98,32 @@ async def test_pool_run_id_is_used_when_the_context_has_none(server: LoopbackSer
 
 
 @pytest.mark.parametrize(
-    "marker, attempts",
+    "marker, attempts, unknown_outcomes",
     [
-        ("[[fault:429:retry_after=0.05x1]]", 2),
-        ("[[fault:500x2]]", 3),
-        ("[[fault:503x1]]", 2),
-        ("[[fault:badjsonx2]]", 3),
-        ("[[fault:dropx1]]", 2),
-        ("[[fault:hangx1]]", 2),
+        ("[[fault:429:retry_after=0.05x1]]", 2, 0),
+        ("[[fault:500x2]]", 3, 0),
+        ("[[fault:503x1]]", 2, 0),
+        ("[[fault:badjsonx2]]", 3, 2),
+        ("[[fault:dropx1]]", 2, 1),
+        ("[[fault:hangx1]]", 2, 1),
     ],
 )
-async def test_transient_faults_are_retried_until_success(server: LoopbackServer, marker, attempts):
+async def test_transient_faults_are_retried_until_success(server: LoopbackServer, marker, attempts,
+                                                          unknown_outcomes):
+    messages = user(f"{marker} hello")
     async with fast_pool([spec_for(server, timeout_s=1.0)]) as pool:
-        result = await pool.chat("m", user(f"{marker} hello"))
+        result = await pool.chat("m", messages)
+    record = result.record
     assert result.text == f"echo: {marker} hello"
-    assert result.record.attempts == attempts == server.call_count
-    assert result.record.error is None
-    assert result.record.billed_failed_attempts == 0 and result.record.billed_failed_usd == 0
-    assert result.record.cost_usd == pytest.approx(server_cost(2, 3))
+    assert record.attempts == attempts == server.call_count
+    assert record.error is None
+    assert record.billed_failed_attempts == 0 and record.billed_failed_usd == 0
+    # A status error was not billed; an attempt of unknown outcome is charged its worst case.
+    worst = spec_for(server).cost_usd(prompt_tokens_upper_bound(messages), 512)
+    assert record.estimated_attempts == unknown_outcomes
+    assert record.estimated_usd == pytest.approx(unknown_outcomes * worst)
+    assert record.cost_estimated == (unknown_outcomes > 0)
+    assert record.cost_usd == pytest.approx(server_cost(2, 3) + unknown_outcomes * worst)
 
 
 async def test_empty_choices_is_retried_and_its_billed_usage_is_counted(server: LoopbackServer):

@@ -8,8 +8,10 @@ hard process cap and stops by itself after a few seconds even if containment wer
 from __future__ import annotations
 
 import asyncio
+import shutil
 import socket
 import statistics
+import tempfile
 import time
 import uuid
 from pathlib import Path
@@ -17,7 +19,6 @@ from pathlib import Path
 import pytest
 
 from masr_graph.errors import ConfigError, SandboxError
-from masr_graph.runtime import sandbox
 from masr_graph.runtime.sandbox import (
     FILE_SIZE_CAP_MB,
     OUTPUT_CAP_BYTES,
@@ -27,16 +28,20 @@ from masr_graph.runtime.sandbox import (
     run_python,
     sandbox_capabilities,
 )
+from masr_graph.runtime.sandbox import probe as probing
+from masr_graph.runtime.sandbox.isolation import Setup
+from masr_graph.runtime.sandbox.launcher import execute, run_blocking
+from masr_graph.runtime.sandbox.limits import Limits
 
 SANDBOX_ENV_KEYS = {"PATH", "LANG", "HOME", "TMPDIR", "USER", "LOGNAME"}
 
 
 @pytest.fixture(scope="module")
-def caps() -> dict[str, bool]:
+def caps() -> dict[str, bool | str]:
     return sandbox_capabilities()
 
 
-def require(caps: dict[str, bool], capability: str) -> None:
+def require(caps: dict[str, bool | str], capability: str) -> None:
     if not caps[capability]:
         pytest.skip(f"{capability} is unavailable on this machine, so this attack is not contained")
 
@@ -158,6 +163,8 @@ async def test_blocking_run_python_also_works_inside_a_running_loop():
         ({"files": {"/etc/passwd": ""}}, "/etc/passwd"),
         ({"files": {"main.py": ""}}, "main.py"),
         ({"files": {"ok.txt": 3}}, "files"),
+        ({"hide": "/etc"}, "hide"),
+        ({"hide": ["relative/dir"]}, "relative/dir"),
     ],
 )
 def test_invalid_arguments_raise_config_error_naming_them(kwargs, named):
@@ -165,9 +172,13 @@ def test_invalid_arguments_raise_config_error_naming_them(kwargs, named):
         run_python("print(1)", **kwargs)
 
 
-def test_capabilities_are_booleans_and_consistent(caps):
+def test_capabilities_are_consistent_and_name_the_cgroup_versions(caps):
     assert caps == sandbox_capabilities()
-    assert all(isinstance(value, bool) for value in caps.values())
+    versions = {"cgroup_pids_version", "cgroup_memory_version"}
+    assert all(isinstance(value, bool) for key, value in caps.items() if key not in versions)
+    for controller in ("pids", "memory"):
+        version = caps[f"cgroup_{controller}_version"]
+        assert version in ("v1", "v2", "none") and caps[f"cgroup_{controller}"] == (version != "none")
     assert caps["wall_timeout"] and caps["clean_environment"] and caps["process_group_kill"]
     if caps["cgroup_pids"] or caps["pid_namespace"]:
         assert caps["process_cap"]
@@ -271,6 +282,24 @@ def test_rm_rf_home_and_deleting_outside_the_work_dir_touch_nothing(caps, tmp_pa
     assert (precious / "data.txt").read_text() == "precious canary"
 
 
+def test_hidden_directories_look_empty(caps):
+    require(caps, "mount_namespace")
+    secret = Path(tempfile.mkdtemp(prefix="masr-hidden-canary-"))  # readable by the run's uid
+    try:
+        secret.chmod(0o755)
+        (secret / "expected.txt").write_text("42")
+        code = (
+            f"import os\nprint(os.listdir({str(secret)!r}))\n"
+            f"print(open({str(secret / 'expected.txt')!r}).read())\n"
+        )
+        assert run_python(code).stdout.splitlines() == ["['expected.txt']", "42"]
+        hidden = run_python(code, hide=[str(secret)])
+        assert hidden.stdout.splitlines() == ["[]"]
+        assert hidden.failure.startswith("exited with code 1: FileNotFoundError")
+    finally:
+        shutil.rmtree(secret)
+
+
 def test_api_key_in_the_callers_environment_is_invisible(monkeypatch):
     canary = f"sk-canary-{uuid.uuid4().hex}"
     monkeypatch.setenv("OPENAI_API_KEY", canary)
@@ -349,16 +378,16 @@ def test_double_forked_daemon_is_gone_after_the_run(caps, main_outlives_daemon):
 @pytest.fixture
 def without_unshare(monkeypatch):
     """The real probe on this machine as if util-linux ``unshare`` were not installed."""
-    real_which = sandbox.shutil.which
+    real_which = probing.shutil.which
     monkeypatch.setattr(
-        sandbox.shutil, "which", lambda name, **kw: None if name == "unshare" else real_which(name, **kw)
+        probing.shutil, "which", lambda name, **kw: None if name == "unshare" else real_which(name, **kw)
     )
-    sandbox._probe_machine.cache_clear()
-    sandbox._warn_about_missing_mechanisms.cache_clear()
+    probing.probe_machine.cache_clear()
+    probing.warn_about_missing_mechanisms.cache_clear()
     yield
     monkeypatch.undo()
-    sandbox._probe_machine.cache_clear()
-    sandbox._warn_about_missing_mechanisms.cache_clear()
+    probing.probe_machine.cache_clear()
+    probing.warn_about_missing_mechanisms.cache_clear()
 
 
 def test_without_namespaces_it_warns_once_per_mechanism_and_still_limits(without_unshare):
@@ -386,7 +415,7 @@ def test_without_namespaces_it_warns_once_per_mechanism_and_still_limits(without
 def test_user_namespace_isolation_contains_writes_network_and_capabilities(caps, tmp_path):
     """The isolation a non-root Linux user gets, exercised here through the same runner."""
     require(caps, "pid_namespace")
-    setup = sandbox._Setup("userns", sandbox._probe().setup.unshare)
+    setup = Setup("userns", probing.probe().setup.unshare, probing.probe().setup.setpriv)
     target = tmp_path / "written-from-userns"
     code = (
         "import os, socket\n"
@@ -397,14 +426,13 @@ def test_user_namespace_isolation_contains_writes_network_and_capabilities(caps,
         "    print(exc.errno)\n"
         f"open({str(target)!r}, 'w')\n"
     )
-    limits = sandbox._Limits(10.0, 256, 8)
-    result = sandbox._run_blocking(sandbox._execute(setup, code, limits, None, {}))
+    result = run_blocking(execute(setup, code, Limits(10.0, 256, 8), None, {}))
     assert result.stdout.splitlines() == ["0000000000000000", "101"]
     assert not result.ok and "Read-only file system" in result.failure
     assert not target.exists()
 
 
 def test_a_broken_sandbox_raises_instead_of_blaming_the_code(caps):
-    setup = sandbox._Setup("root", "/bin/false")
+    setup = Setup("root", "/bin/false")
     with pytest.raises(SandboxError, match="launcher failed"):
-        sandbox._run_blocking(sandbox._execute(setup, "print(1)", sandbox._Limits(5.0, 256, 8), None, {}))
+        run_blocking(execute(setup, "print(1)", Limits(5.0, 256, 8), None, {}))

@@ -122,6 +122,7 @@ def test_completion_usage_is_the_trace_sum_and_replays_exactly(server: Server, r
     assert reply.usage.total_tokens == reply.usage.prompt_tokens + reply.usage.completion_tokens
     assert reply.masr_run["calls"] == len(calls)
     assert reply.masr_run["cost_usd"] == pytest.approx(sum(c["cost_usd"] for c in calls))
+    assert "nothing was paid" in reply.masr_run["cost_notional"]  # replay prices are notional
     plan = Plan.from_dict(reply.masr_plan)
     assert trace["plan"] == reply.masr_plan
     assert len(trace["steps"]) >= plan.k
@@ -185,6 +186,54 @@ def test_malformed_requests_get_openai_errors(server: Server, payload: bytes,
     assert (body["error"]["param"], body["error"]["code"]) == (param, code)
     assert body["error"]["message"]
     assert headers.get("x-should-retry") == "false"
+
+
+DEEP = 100_000
+CHAT_PREFIX = b'{"model": "masr", "messages": [{"role": "user", "content": '
+
+
+@pytest.mark.parametrize("payload", [
+    pytest.param(b"[" * DEEP + b"]" * DEEP, id="array-nested-100k-deep"),
+    pytest.param(b'{"model": "masr", "messages": ' + b"[" * DEEP + b"]" * DEEP + b"}",
+                 id="messages-nested-100k-deep"),
+    pytest.param(b'{"model": "masr", "messages": [{"role": "user", "content": "x"}], '
+                 b'"metadata": ' + b'{"a": ' * 900 + b"1" + b"}" * 900 + b"}",
+                 id="field-nested-900-deep"),
+    pytest.param(CHAT_PREFIX + b'"\\ud800 what is 2+2?"}]}', id="unpaired-surrogate-escape"),
+    pytest.param(CHAT_PREFIX + b'"x"}], "metadata": {"a": NaN}}', id="NaN"),
+    pytest.param(CHAT_PREFIX + b'"x"}], "temperature": Infinity}', id="Infinity"),
+    pytest.param(json.dumps({"model": "masr", "messages": [{"role": "user", "content": "x"}]}
+                            ).encode("utf-16"), id="utf-16"),
+    pytest.param(CHAT_PREFIX + b'"\xff"}]}', id="not-utf-8"),
+])
+def test_malformed_bodies_of_any_shape_are_400_invalid_json(server: Server,
+                                                            payload: bytes) -> None:
+    status, headers, body = server.raw(
+        "POST", "/v1/chat/completions", payload,
+        {"Authorization": f"Bearer {server.key}", "Content-Type": "application/json"})
+    assert status == 400, body
+    assert set(body) == {"error"} and set(body["error"]) == {"message", "type", "param", "code"}
+    assert (body["error"]["type"], body["error"]["code"]) == ("invalid_request_error",
+                                                              "invalid_json")
+    assert headers.get("x-should-retry") == "false"
+    assert server.raw("GET", "/health")[0] == 200
+
+
+def test_oversized_body_is_413_with_openai_error_body(server: Server, recorded: list) -> None:
+    content = recorded[0].query + " " * 5_000_000
+    payload = json.dumps({"model": "masr", "messages": [{"role": "user", "content": content}]})
+    status, headers, body = server.raw(
+        "POST", "/v1/chat/completions", payload.encode(),
+        {"Authorization": f"Bearer {server.key}", "Content-Type": "application/json"})
+    assert status == 413
+    assert set(body["error"]) == {"message", "type", "param", "code"}
+    assert body["error"]["code"] == "request_too_large"
+    assert f"limit of {2**20} bytes" in body["error"]["message"]
+    assert headers.get("x-should-retry") == "false"
+    with pytest.raises(openai.APIStatusError) as info:  # what an SDK user sees
+        server.client().chat.completions.create(
+            model="masr", messages=[{"role": "user", "content": content}])
+    assert info.value.status_code == 413 and info.value.body["code"] == "request_too_large"
 
 
 def test_bad_requests_through_the_sdk(server: Server, recorded: list) -> None:

@@ -14,6 +14,7 @@ from .wiring import (
     open_runtime,
     pool_specs,
     sample_examples,
+    spending_text,
     vocab_for_pool,
 )
 
@@ -30,5 +31,6 @@ __all__ = [
     "open_runtime",
     "pool_specs",
     "sample_examples",
+    "spending_text",
     "vocab_for_pool",
 ]

@@ -130,6 +130,10 @@ class Pipeline:
         Raises:
             BatchBudgetExceeded: the budget cap stopped the batch; its ``results`` hold the
                 finished traces (``None`` for the rest).
+            LLMUnavailableError: an LLM failed its first calls for good (see
+                :class:`~masr_graph.llm.LLMPool`'s ``fail_fast_after``), or every query of the
+                batch failed before any endpoint answered a call: nothing of the batch is scored,
+                stored or trained on.
         """
         if len(examples) != len(plans):
             raise ConfigError(f"got {len(examples)} examples but {len(plans)} plans")
@@ -148,6 +152,12 @@ class Pipeline:
             ))
             occurrences[example.id] += 1
         traces = await self.executor.run_many(items, seed=seed)
+        # A first batch smaller than the pool's fail-fast count can fail entirely before the
+        # pool trips: its scores would be failures only, so it stops the run the same way.
+        if traces and all(t.error for t in traces):
+            unreachable = self.executor.pool.startup_failure()
+            if unreachable is not None:
+                raise unreachable
         scores = await self.score(examples, [t.final_answer for t in traces])
         return traces, scores
 

@@ -14,6 +14,7 @@ Typical use::
         method = RoutedMethod("MasRouter", trainer.router, trainer.vocab)
         results = await evaluate_method(runtime.pipeline, RunStore(out), "gsm8k", method,
                                         data["gsm8k"][1])
+    print(spending_text(runtime.spending()))   # what the budget counted; notional for replay
 """
 from __future__ import annotations
 
@@ -27,7 +28,15 @@ import torch
 from tqdm.auto import tqdm
 
 from masr_graph.errors import ConfigError
-from masr_graph.llm import Budget, LLMPool, LLMSpec, ResponseCache, load_pool_config
+from masr_graph.llm import (
+    DEFAULT_FAIL_FAST_AFTER,
+    Budget,
+    LLMPool,
+    LLMSpec,
+    ResponseCache,
+    load_pool_config,
+    notional_note,
+)
 from masr_graph.plan import Plan
 from masr_graph.router import (
     MasRouter,
@@ -147,12 +156,49 @@ def load_examples(
 
 @dataclass
 class Runtime:
-    """What runs plans during an experiment: the pool (with its ledger), the executor and the
-    scoring pipeline."""
+    """What runs plans during an experiment: the pool (with its ledger), the executor, the
+    scoring pipeline and the budget (``None``: no cap)."""
 
     pool: LLMPool
     executor: MASExecutor
     pipeline: Pipeline
+    budget: Optional[Budget] = None
+
+    def spending(self) -> dict[str, Any]:
+        """What this invocation spent, for results files and messages: ``spent_usd`` is what
+        the budget counted (the ledger's total when there is no cap; the two are equal, see
+        :mod:`masr_graph.llm.budget`), with the part estimated for attempts of unknown outcome,
+        the cap, call counts and ``notional`` (why the figures are not money, or ``""``)."""
+        totals = self.pool.ledger.totals()
+        return {
+            "spent_usd": self.budget.spent_usd if self.budget is not None else totals.cost_usd,
+            "ledger_usd": totals.cost_usd,
+            "estimated_usd": totals.estimated_usd,
+            "estimated_attempts": totals.estimated_attempts,
+            "unknown_outcome_cost": self.pool.unknown_outcome_cost,
+            "cap_usd": self.budget.max_usd if self.budget is not None else None,
+            "would_have_cost_usd": totals.would_have_cost_usd,
+            "calls": totals.calls,
+            "cached_calls": totals.cached_calls,
+            "failed_calls": totals.failed_calls,
+            "notional": notional_note(self.pool.specs.values()),
+        }
+
+
+def spending_text(spending: dict[str, Any]) -> str:
+    """One line for :meth:`Runtime.spending`: calls, $ spent (what the budget counted), the
+    estimated part, the cap and, for notional prices, that nothing was paid."""
+    cap = spending["cap_usd"]
+    text = (
+        f"{spending['calls']} LLM calls ({spending['cached_calls']} from cache, "
+        f"{spending['failed_calls']} failed), ${spending['spent_usd']:.6f} spent"
+        + (f" of the ${cap:.6f} cap" if cap is not None else "")
+        + f" (${spending['estimated_usd']:.6f} of it estimated for "
+        f"{spending['estimated_attempts']} attempts of unknown outcome, charged "
+        f"{spending['unknown_outcome_cost'].replace('_', '-')}), "
+        f"${spending['would_have_cost_usd']:.6f} without the cache"
+    )
+    return text + (f" [{spending['notional']}]" if spending["notional"] else "")
 
 
 @contextlib.asynccontextmanager
@@ -163,22 +209,29 @@ async def open_runtime(
     run_id: str,
     max_usd: Optional[float] = None,
     max_concurrent_queries: int = 64,
+    unknown_outcome_cost: str = "worst_case",
+    fail_fast_after: Optional[int] = DEFAULT_FAIL_FAST_AFTER,
 ) -> AsyncIterator[Runtime]:
     """The runtime of an experiment writing to ``out``: response cache ``out/llm_cache.sqlite``,
     score cache ``out/scores.sqlite``, a budget capped at ``max_usd`` (``None``: no cap), the
-    pool, an executor that keeps no messages in traces, and the pipeline. Everything is closed on
-    exit; ``runtime.pool.ledger`` stays readable afterwards."""
+    pool (``unknown_outcome_cost`` and ``fail_fast_after`` as for :class:`LLMPool`), an executor
+    that keeps no messages in traces, and the pipeline. Everything is closed on exit, and every
+    call record of the invocation is written to ``out/ledgers/<run_id>.jsonl`` (also after an
+    error or interrupt); ``runtime.pool.ledger`` stays readable afterwards."""
     cache = ResponseCache(out / "llm_cache.sqlite")
     budget = Budget(max_usd) if max_usd is not None else None
-    pool = LLMPool(list(specs), cache=cache, budget=budget, run_id=run_id)
+    pool = LLMPool(list(specs), cache=cache, budget=budget, run_id=run_id,
+                   unknown_outcome_cost=unknown_outcome_cost, fail_fast_after=fail_fast_after)
     scores = ScoreCache(out / "scores.sqlite")
     executor = MASExecutor(pool, keep_messages=False, max_concurrent_queries=max_concurrent_queries)
     try:
-        yield Runtime(pool, executor, Pipeline(executor, scores=scores))
+        yield Runtime(pool, executor, Pipeline(executor, scores=scores), budget)
     finally:
         await pool.aclose()
         await cache.aclose()
         scores.close()
+        (out / "ledgers").mkdir(parents=True, exist_ok=True)
+        pool.ledger.to_jsonl(out / "ledgers" / f"{run_id}.jsonl")
 
 
 def vocab_for_pool(trained_on: NodeVocab, specs: Sequence[LLMSpec]) -> NodeVocab:

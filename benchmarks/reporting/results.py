@@ -153,28 +153,39 @@ def write_results_json(summaries: Sequence[MethodSummary], path: Path, meta: Map
     tmp.replace(path)
 
 
-def results_markdown(summaries: Sequence[MethodSummary], meta: Mapping[str, Any]) -> str:
-    """The results table, one section per benchmark, methods sorted by accuracy."""
+def results_markdown(summaries: Sequence[MethodSummary], meta: Mapping[str, Any], *,
+                     notional: str = "") -> str:
+    """The results table, one section per benchmark, methods sorted by accuracy.
+
+    ``errors`` counts the queries whose run has an error (no agent of the last round answered),
+    which score as wrong. ``notional`` (e.g. from :func:`masr_graph.llm.notional_note`) marks
+    every $ column as notional and is stated once under the meta lines."""
     lines = ["# masr_graph benchmark results", ""]
     for key, value in meta.items():
         lines.append(f"- **{key}**: {value}")
+    if notional:
+        lines.append(f"- **$ figures**: {notional}")
+    unit = "$ (notional)" if notional else "$"
     by_bench: dict[str, list[MethodSummary]] = defaultdict(list)
     for s in summaries:
         by_bench[s.benchmark].append(s)
     for bench, rows in by_bench.items():
         lines += ["", f"## {bench}", "",
-                  "| method | n | accuracy | 95 % CI | $ / query | total $ (this run) | calls | tokens |",
-                  "|---|---:|---:|---|---:|---:|---:|---:|"]
+                  f"| method | n | accuracy | 95 % CI | errors | {unit} / query | "
+                  f"total {unit} (this run) | calls | tokens |",
+                  "|---|---:|---:|---|---:|---:|---:|---:|---:|"]
         for s in sorted(rows, key=lambda s: (-s.accuracy, s.usd_per_query)):
             lines.append(
                 f"| {s.method} | {s.n} | {s.accuracy:.3f} | [{s.ci_low:.3f}, {s.ci_high:.3f}] | "
-                f"{s.usd_per_query:.2e} | {s.total_usd:.4f} | {s.calls} | {s.tokens} |"
+                f"{s.errors} | {s.usd_per_query:.2e} | {s.total_usd:.4f} | {s.calls} | {s.tokens} |"
             )
     return "\n".join(lines) + "\n"
 
 
-def plot_pareto(summaries: Sequence[MethodSummary], path: Path) -> None:
-    """Accuracy vs $ per query, one panel per benchmark (the paper's Fig. 3)."""
+def plot_pareto(summaries: Sequence[MethodSummary], path: Path, *, notional: str = "") -> None:
+    """Accuracy vs $ per query, one panel per benchmark (the paper's Fig. 3); the axis says
+    "notional $" when ``notional`` is set."""
+    unit = "notional $" if notional else "$"
     import matplotlib
 
     matplotlib.use("Agg")
@@ -201,7 +212,7 @@ def plot_pareto(summaries: Sequence[MethodSummary], path: Path) -> None:
             ax.plot([s.usd_per_query for s in router], [s.accuracy for s in router], "k--", lw=1)
         ax.set_xscale("log")
         ax.set_title(bench)
-        ax.set_xlabel("$ per query (log)")
+        ax.set_xlabel(f"{unit} per query (log)")
         ax.set_ylabel("accuracy")
         ax.grid(alpha=0.3)
     fig.tight_layout()

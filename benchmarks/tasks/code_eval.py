@@ -18,29 +18,43 @@ Extraction (:func:`extract_code`) never strips characters off the code (the refe
 * a top-level ``if __name__ == "__main__":`` block is removed, because the program runs as the
   main module and such demos read stdin or print at length.
 
-Pass@1 is the program's exit status in the sandbox: 0 means every test passed. A program may use
-:data:`CPU_LIMIT_S` seconds of CPU (and :data:`WALL_TIMEOUT_S` of wall time, for code that
-sleeps) and :data:`MEMORY_MB` of memory.
+Pass@1 comes from the test harness (:mod:`.code_harness`), not from the program: the sandbox
+runs the harness, which runs the program and then the tests (a :class:`CodeTest`), and a program
+passes only if the process exited 0 *and* the sandbox's report channel holds exactly the fresh
+random token that the harness writes there after the last test succeeded - so exiting early,
+exit hooks, printed output or always-equal results cannot fake a pass (the harness's docstring
+has the protocol and the threat model). A program may use :data:`CPU_LIMIT_S` seconds of CPU (a
+hard limit it cannot raise; :data:`WALL_TIMEOUT_S` of wall time bounds code that sleeps) and
+:data:`MEMORY_MB` of memory, and cannot read the benchmark data directory or the cache (where
+it could look up reference solutions and tests).
 """
 
 from __future__ import annotations
 
 import ast
 import hashlib
+import json
 import re
+import secrets
 import textwrap
 import warnings
+from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Callable, Optional
 
-from masr_graph.runtime.sandbox import SandboxResult, arun_python, run_python
+from masr_graph.errors import DataError
+from masr_graph.runtime.sandbox import REPORT_FD, SandboxResult, arun_python, run_python
 
+from ..data.data_dir import cache_dir, resolve_data_dir
+from . import code_harness
 from .datasets import Example, Score
 
 PYTHON_FENCE_LABELS = frozenset({"", "python", "py", "python3", "py3"})
 CPU_LIMIT_S = 10
-"""CPU seconds one test program may use before it is killed and fails. The slowest reference
-solution (MBPP 123, amicable numbers below 10,000) needs about 5. A CPU-time limit, unlike a
-wall-clock one, does not fail correct code when other work shares the CPUs."""
+"""CPU seconds each process of a test run may use: SIGXCPU then, SIGKILL a second later (hard
+limits, set by the sandbox before the program runs). The slowest reference solution (MBPP 123,
+amicable numbers below 10,000) needs about 5. A CPU-time limit, unlike a wall-clock one, does not
+fail correct code when other work shares the CPUs."""
 WALL_TIMEOUT_S = 60.0
 """Wall-clock backstop for programs that wait instead of computing (``time.sleep``, locks)."""
 MEMORY_MB = 1024
@@ -185,50 +199,112 @@ def code_key(reply: str) -> Optional[str]:
     return hashlib.sha256(canonical.encode()).hexdigest()[:16]
 
 
-ProgramBuilder = Callable[[Example, str], str]
-"""Builds the test program from an example and the extracted code."""
+@dataclass(frozen=True)
+class CodeTest:
+    """What the harness runs for one reply.
+
+    Args:
+        program: the program (the reply's code, with whatever the benchmark puts around it),
+            run first as ``__main__``.
+        tests: ``(name, source)`` chunks run in order after it, in the test namespace (see
+            :mod:`.code_harness`); a name says where a failure happened.
+        trusted: dataset code whose definitions the tests use (HumanEval's prompt), run on its
+            own so the program cannot redefine them for the tests; ``None`` if there is none.
+    """
+
+    program: str
+    tests: tuple[tuple[str, str], ...]
+    trusted: Optional[str] = None
+
+    def script(self) -> str:
+        """Program and tests as one script, for reading (the harness never runs this)."""
+        return (
+            "\n\n".join([self.program.rstrip("\n"), *(source for _, source in self.tests)]) + "\n"
+        )
 
 
-def _sandbox_arguments(program: str) -> dict[str, Any]:
-    # The sandbox limits wall-clock time only, so a small launcher caps the CPU time and then
-    # runs the program as __main__ from its own file (which keeps `from __future__` imports
-    # legal and tracebacks' line numbers right). The sandbox's own hard limit stays in force.
-    launcher = (
-        "import resource, runpy\n"
-        "_, hard = resource.getrlimit(resource.RLIMIT_CPU)\n"
-        f"soft = {CPU_LIMIT_S} if hard == resource.RLIM_INFINITY else min({CPU_LIMIT_S}, hard)\n"
-        "resource.setrlimit(resource.RLIMIT_CPU, (soft, hard))\n"
-        f"runpy.run_path({_PROGRAM_FILE!r}, run_name='__main__')\n"
-    )
+TestBuilder = Callable[[Example, str], CodeTest]
+"""Builds the :class:`CodeTest` from an example and the extracted code."""
+
+_HARNESS_SOURCE = Path(code_harness.__file__).read_text(encoding="utf-8")
+
+
+def _answer_sources() -> list[str]:
+    """Directories holding the benchmarks' expected answers and reference solutions (the data
+    directory) or verdicts (the cache), which a program could look its answer up in."""
+    sources = [str(cache_dir())]
+    try:
+        sources.append(str(resolve_data_dir()))
+    except DataError:
+        pass  # examples made in code, without a data directory
+    return sources
+
+
+def _sandbox_arguments(test: CodeTest, entry_point: str, token: str) -> dict[str, Any]:
+    config = {
+        "report_fd": REPORT_FD,
+        "program": _PROGRAM_FILE,
+        "entry_point": entry_point,
+        "trusted": test.trusted,
+        "tests": [{"name": name, "source": source} for name, source in test.tests],
+    }
     return {
-        "code": launcher,
-        "files": {_PROGRAM_FILE: program},
+        "code": _HARNESS_SOURCE,
+        "files": {_PROGRAM_FILE: test.program, code_harness.CONFIG_FILE: json.dumps(config)},
+        "stdin": token,
+        "report": True,
+        "hide": _answer_sources(),
+        "cpu_s": CPU_LIMIT_S,
         "timeout_s": WALL_TIMEOUT_S,
         "memory_mb": MEMORY_MB,
     }
 
 
-def evaluate_code(
-    example: Example, reply: str, entry_point: str, build_program: ProgramBuilder
-) -> Score:
-    """Pass@1 of ``reply``: extract its code, build the test program, run it in the sandbox."""
+def _new_token() -> str:
+    return secrets.token_hex(code_harness.TOKEN_HEX_DIGITS // 2)
+
+
+def evaluate_code(example: Example, reply: str, entry_point: str, build_test: TestBuilder) -> Score:
+    """Pass@1 of ``reply``: extract its code, build its test, run it in the sandbox harness."""
     code = extract_code(reply, entry_point)
     if code is None:
         return Score(False, None, "no code in the reply")
-    return _score_run(code, run_python(**_sandbox_arguments(build_program(example, code))))
+    token = _new_token()
+    result = run_python(**_sandbox_arguments(build_test(example, code), entry_point, token))
+    return score_run(code, result, token)
 
 
 async def aevaluate_code(
-    example: Example, reply: str, entry_point: str, build_program: ProgramBuilder
+    example: Example, reply: str, entry_point: str, build_test: TestBuilder
 ) -> Score:
     """Async :func:`evaluate_code`; many replies can be scored concurrently."""
     code = extract_code(reply, entry_point)
     if code is None:
         return Score(False, None, "no code in the reply")
-    return _score_run(code, await arun_python(**_sandbox_arguments(build_program(example, code))))
+    token = _new_token()
+    arguments = _sandbox_arguments(build_test(example, code), entry_point, token)
+    return score_run(code, await arun_python(**arguments), token)
 
 
-def _score_run(code: str, result: SandboxResult) -> Score:
-    if result.ok:
+def score_run(code: str, result: SandboxResult, token: str) -> Score:
+    """The verdict on one harness run: correct only with exit status 0 *and* exactly this run's
+    token on the report channel. Exit status 0 alone is what a program that skips the tests
+    gets too; the harness writes the token only after the last test, and requiring both keeps
+    a run that was killed or crashed after that a failure."""
+    if result.ok and result.report == token:
         return Score(True, code, "all tests passed")
-    return Score(False, code, f"tests failed: {result.failure}")
+    if not result.ok:
+        return Score(False, code, f"tests failed: {result.failure}")
+    if not result.report:
+        return Score(
+            False,
+            code,
+            "tests failed: the process exited with status 0 before the test harness finished "
+            "(no completion token)",
+        )
+    return Score(
+        False,
+        code,
+        "tests failed: the process exited with status 0 but the report channel holds something "
+        "other than this run's completion token",
+    )

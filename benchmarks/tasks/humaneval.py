@@ -3,8 +3,10 @@
 Data: ``humaneval/HumanEval.jsonl.gz`` (``task_id``, ``prompt``, ``canonical_solution``, ``test``,
 ``entry_point``). Example ids are the task ids (``"HumanEval/0"``); the query is the prompt.
 
-Scoring is pass@1 in the sandbox. The test program is the prompt, then the reply's code, then the
-dataset's ``check`` function and ``check(<entry_point>)``:
+Scoring is pass@1 in the sandbox's test harness (:mod:`.code_harness`). The program is the prompt,
+then the reply's code; the tests are the dataset's ``check`` function and ``check(<entry_point>)``;
+the prompt is also the trusted code whose helpers the tests use (a reply may call them but not
+redefine them for the tests):
 
 * a reply that defines the entry point is appended after the prompt, so it replaces the prompt's
   stub while the prompt's imports and helper functions (e.g. ``encode_cyclic`` for
@@ -20,7 +22,7 @@ from typing import Optional
 
 from masr_graph.errors import ConfigError
 
-from .code_eval import aevaluate_code, code_key, defines, evaluate_code
+from .code_eval import CodeTest, aevaluate_code, code_key, defines, evaluate_code
 from ..data.data_dir import PathLike, data_file, read_jsonl, require_fields
 from .datasets import Example, Score
 
@@ -56,8 +58,8 @@ def load_humaneval(split: str = "test", data_dir: Optional[PathLike] = None) -> 
     return examples
 
 
-def build_program(example: Example, code: str) -> str:
-    """The test program for ``code`` (see the module docstring)."""
+def build_test(example: Example, code: str) -> CodeTest:
+    """The harness's test for ``code`` (see the module docstring)."""
     prompt = example.meta["prompt"]
     entry_point = example.meta["entry_point"]
     if defines(code, entry_point):
@@ -67,17 +69,26 @@ def build_program(example: Example, code: str) -> str:
         body = code if first_line[0].isspace() else textwrap.indent(code, "    ")
         solution = prompt if prompt.endswith("\n") else prompt + "\n"
         solution += body
-    return f"{solution}\n\n{example.meta['test']}\n\ncheck({entry_point})\n"
+    tests = (
+        ("the dataset's test code", example.meta["test"]),
+        (f"check({entry_point})", f"check({entry_point})"),
+    )
+    return CodeTest(program=solution, tests=tests, trusted=prompt)
+
+
+def build_program(example: Example, code: str) -> str:
+    """The test of ``code`` as one script: solution, ``check`` and ``check(<entry_point>)``."""
+    return build_test(example, code).script()
 
 
 def evaluate(example: Example, reply: str) -> Score:
     """Pass@1 of the reply's code against the problem's tests (runs the sandbox, blocking)."""
-    return evaluate_code(example, reply, example.meta["entry_point"], build_program)
+    return evaluate_code(example, reply, example.meta["entry_point"], build_test)
 
 
 async def aevaluate(example: Example, reply: str) -> Score:
     """Async :func:`evaluate`."""
-    return await aevaluate_code(example, reply, example.meta["entry_point"], build_program)
+    return await aevaluate_code(example, reply, example.meta["entry_point"], build_test)
 
 
 answer_key = code_key

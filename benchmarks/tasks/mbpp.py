@@ -15,8 +15,9 @@ fit the three cases instead of solving the task (the reference shows them, which
 ``show_tests=True`` appends them, as in the original MBPP prompt format, for comparability with
 numbers reported that way; say so next to any such result.
 
-Scoring is pass@1 in the sandbox: reply code, then ``test_setup_code``, then the asserts of
-``test_list`` (``challenge_test_list`` is not used, as in the standard protocol).
+Scoring is pass@1 in the sandbox's test harness (:mod:`.code_harness`): the reply's code is the
+program; ``test_setup_code`` and each assert of ``test_list`` are the tests, run in order
+(``challenge_test_list`` is not used, as in the standard protocol).
 """
 
 from __future__ import annotations
@@ -28,7 +29,7 @@ from typing import Any, Optional
 
 from masr_graph.errors import ConfigError, DataError
 
-from .code_eval import aevaluate_code, code_key, evaluate_code, parse_python
+from .code_eval import CodeTest, aevaluate_code, code_key, evaluate_code, parse_python
 from ..data.data_dir import PathLike, data_file, read_jsonl, require_fields
 from .datasets import Example, Score
 
@@ -155,20 +156,31 @@ def _names_needed(setup: str) -> list[str]:
     return [f"`{name}`" for name in dict.fromkeys(called)]
 
 
+def build_test(example: Example, code: str) -> CodeTest:
+    """The harness's test: the code, then the setup code and each assert as a chunk of its own."""
+    setup = example.meta["test_setup_code"]
+    asserts = example.meta["test_list"]
+    tests = [("the test setup code", setup)] if setup else []
+    for number, line in enumerate(asserts, start=1):
+        summary = " ".join(line.split())  # one line: failure messages end with the name
+        summary = summary if len(summary) <= 80 else summary[:77] + "..."
+        tests.append((f"test {number} of {len(asserts)}: {summary}", line))
+    return CodeTest(program=code, tests=tuple(tests))
+
+
 def build_program(example: Example, code: str) -> str:
-    """The test program: the code, the setup code, then the asserts."""
-    parts = [code, example.meta["test_setup_code"], *example.meta["test_list"]]
-    return "\n\n".join(part for part in parts if part) + "\n"
+    """The test as one script: the code, the setup code, then the asserts."""
+    return build_test(example, code).script()
 
 
 def evaluate(example: Example, reply: str) -> Score:
     """Pass@1 of the reply's code against the task's asserts (runs the sandbox, blocking)."""
-    return evaluate_code(example, reply, example.meta["entry_point"], build_program)
+    return evaluate_code(example, reply, example.meta["entry_point"], build_test)
 
 
 async def aevaluate(example: Example, reply: str) -> Score:
     """Async :func:`evaluate`."""
-    return await aevaluate_code(example, reply, example.meta["entry_point"], build_program)
+    return await aevaluate_code(example, reply, example.meta["entry_point"], build_test)
 
 
 answer_key = code_key

@@ -15,7 +15,7 @@ from .budget import Budget, Reservation
 from .cache import CachedResponse, ResponseCache, cache_key
 from .config import load_pool_config
 from .ledger import Ledger
-from .pool import LLMPool
+from .pool import DEFAULT_FAIL_FAST_AFTER, UNKNOWN_OUTCOME_COSTS, LLMPool
 from .tokens import estimate_prompt_tokens, estimate_text_tokens, prompt_tokens_upper_bound
 from .transport import (
     OpenAITransport,
@@ -33,11 +33,13 @@ from .types import (
     Message,
     Transport,
     UsageTotals,
+    notional_note,
 )
 
 __all__ = [
     "Budget",
     "CachedResponse",
+    "DEFAULT_FAIL_FAST_AFTER",
     "CallContext",
     "CallRecord",
     "ChatResult",
@@ -52,11 +54,13 @@ __all__ = [
     "TransientError",
     "Transport",
     "TransportFactory",
+    "UNKNOWN_OUTCOME_COSTS",
     "UsageTotals",
     "cache_key",
     "estimate_prompt_tokens",
     "estimate_text_tokens",
     "load_pool_config",
+    "notional_note",
     "prompt_tokens_upper_bound",
     "register_transport",
     "transport_factory",

@@ -6,6 +6,12 @@ its worst case (prompt-token upper bound x ``price_in`` + ``max_tokens`` x ``pri
 reservation is replaced by the real cost when the attempt ends. ``spent + reserved`` never exceeds
 the cap, so the cap holds whatever order calls finish in.
 
+An attempt whose outcome is unknown (timed out, connection dropped after sending, garbled reply,
+cancelled) is settled at what the pool's ``unknown_outcome_cost`` policy charges — by default
+its whole reservation, since a provider may bill it without telling us — and the pool's ledger
+records the same amount for it (marked ``cost_estimated``), so ``spent_usd`` equals the ledger's
+total under any mix of faults.
+
 When only other calls' reservations stand in the way, :meth:`Budget.reserve` waits for them to
 settle (they usually cost less than their worst case) instead of failing early; when what is
 already spent leaves too little room, it raises :class:`~masr_graph.errors.BudgetExceeded` at
@@ -92,9 +98,10 @@ class Budget:
     def settle(self, reservation: Reservation, cost_usd: float) -> None:
         """Replace ``reservation`` by the attempt's real cost.
 
-        Callers pass the full reservation as ``cost_usd`` when the outcome is unknown (a timeout
-        or a dropped connection may still be billed), which keeps :attr:`spent_usd` an upper
-        bound of what providers will charge.
+        For an attempt of unknown outcome (a timeout or a dropped connection may still be
+        billed) the pool passes its ``unknown_outcome_cost`` charge — by default the full
+        reservation, which keeps :attr:`spent_usd` an upper bound of what providers will charge
+        — and records the same amount in its ledger.
         """
         if reservation.settled:
             raise RuntimeError(f"reservation for {reservation.llm!r} settled twice")

@@ -12,6 +12,8 @@ A pool file is YAML with one top-level key, ``llms``, a list of entries::
         description: Small, fast, cheap ...   # the LLM node's feature text for the router
         max_concurrency: 32                   # optional, default 16
         timeout_s: 60                         # optional, per-attempt timeout, default 60
+        notional: local vLLM, electricity     # optional: the prices are notional (nothing is
+                                              # billed); printed next to every $ figure
 
 Every problem in the file is reported at once, each naming the file, the entry and the field.
 Prices are required for every entry — an unknown model is never priced at $0. Whether the key's
@@ -37,7 +39,7 @@ PoolSource = Union[str, "os.PathLike[str]", Mapping[str, Any]]
 
 TOP_LEVEL_FIELDS = ("llms",)
 REQUIRED_FIELDS = ("name", "model", "base_url", "price_in", "price_out", "description")
-OPTIONAL_FIELDS = ("api_key_env", "max_concurrency", "timeout_s")
+OPTIONAL_FIELDS = ("api_key_env", "max_concurrency", "timeout_s", "notional")
 ALLOWED_FIELDS = REQUIRED_FIELDS + OPTIONAL_FIELDS
 ENV_VAR_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 
@@ -182,6 +184,11 @@ def _parse_entry(index: int, entry: Any, problems: list[str]) -> LLMSpec | None:
     timeout = entry.get("timeout_s")
     if timeout is not None and not (_is_number(timeout) and math.isfinite(timeout) and timeout > 0):
         problem("timeout_s", f"must be a number of seconds > 0 (got {timeout!r})")
+
+    notional = entry.get("notional")
+    if notional is not None and (not isinstance(notional, str) or not notional.strip()):
+        problem("notional", f"must be a non-empty string saying why nothing is paid (got "
+                            f"{notional!r})")
 
     if len(problems) > count_before:
         return None

@@ -2,7 +2,10 @@
 
 Token counts of a record are those of the reply (also for a cache hit, whose ``cost_usd`` is 0);
 money paid for failed attempts the provider billed is in ``billed_failed_usd`` and is part of
-``cost_usd``. ``would_have_cost_usd`` sums what the calls cost when they were first made, so
+``cost_usd``, and so is what attempts of unknown outcome (timeouts, dropped connections, garbled
+replies, cancellations) were charged, in ``estimated_usd``: the ledger's ``cost_usd`` total is
+exactly what the run's :class:`~masr_graph.llm.budget.Budget` counted as spent.
+``would_have_cost_usd`` sums what the calls cost when they were first made, so
 ``would_have_cost_usd - cost_usd`` is what the cache saved minus what failures added.
 """
 
@@ -75,7 +78,8 @@ class Ledger:
             f"{t.attempts} attempts, {t.estimated_usage_calls} with estimated usage) | "
             f"tokens {t.prompt_tokens} in / {t.completion_tokens} out | "
             f"cost ${t.cost_usd:.6f} (of which ${t.billed_failed_usd:.6f} for "
-            f"{t.billed_failed_attempts} billed failed attempts) | "
+            f"{t.billed_failed_attempts} billed failed attempts and ${t.estimated_usd:.6f} "
+            f"estimated for {t.estimated_attempts} attempts of unknown outcome) | "
             f"would have cost ${t.would_have_cost_usd:.6f} without the cache"
         )
 
@@ -107,6 +111,9 @@ def _sum(records: Iterable[CallRecord]) -> UsageTotals:
         totals.estimated_usage_calls += int(r.usage_estimated)
         totals.billed_failed_attempts += r.billed_failed_attempts
         totals.billed_failed_usd += r.billed_failed_usd
+        totals.estimated_attempts += r.estimated_attempts
+        totals.estimated_usd += r.estimated_usd
+        totals.estimated_cost_calls += int(r.cost_estimated)
         totals.prompt_tokens += r.prompt_tokens
         totals.completion_tokens += r.completion_tokens
         totals.cost_usd += r.cost_usd

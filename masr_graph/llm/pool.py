@@ -5,7 +5,9 @@ reports what the original call cost); otherwise makes up to ``max_attempts`` att
 LLM's transport — each attempt takes a slot of its endpoint's concurrency limit, reserves its
 worst-case cost in the budget, and runs under the LLM's ``timeout_s`` — backing off exponentially
 with jitter between transient failures, or as long as a ``Retry-After`` header asks. Success,
-failure, cache hit or budget refusal: every call appends one :class:`CallRecord` to the ledger.
+failure, cache hit, budget refusal or cancellation: every call appends one :class:`CallRecord` to
+the ledger, charged what the budget charged it (attempts of unknown outcome included, see
+:data:`UNKNOWN_OUTCOME_COSTS`), so the ledger's total is the budget's ``spent_usd``.
 """
 
 from __future__ import annotations
@@ -17,11 +19,18 @@ import os
 import random
 import time
 import uuid
-from collections import defaultdict
+from collections import Counter, defaultdict
 from dataclasses import dataclass
-from typing import Any, Iterable, Mapping, Optional, Sequence, Union
+from typing import Any, Iterable, Mapping, NoReturn, Optional, Sequence, Union
 
-from ..errors import BudgetExceeded, ConfigError, LLMCallError, MasrError, UnknownLLMError
+from ..errors import (
+    BudgetExceeded,
+    ConfigError,
+    LLMCallError,
+    LLMUnavailableError,
+    MasrError,
+    UnknownLLMError,
+)
 from .budget import Budget
 from .cache import CachedResponse, ResponseCache, cache_key
 from .config import load_pool_config
@@ -34,6 +43,31 @@ log = logging.getLogger(__name__)
 
 MESSAGE_ROLES = ("system", "user", "assistant")
 MESSAGE_KEYS = ("role", "content")
+UNKNOWN_OUTCOME_COSTS = ("worst_case", "prompt_only")
+"""How an attempt of unknown outcome is charged, identically in the budget and the ledger:
+``worst_case`` (default) charges its reservation (prompt-token upper bound x ``price_in`` +
+``max_tokens`` x ``price_out``), so the cap holds even if the provider bills every token it may
+have generated; ``prompt_only`` charges the prompt bound x ``price_in`` only, for providers that
+bill a request cut short for its prompt — under it the cap may be passed by what such requests
+generated before they were cut."""
+DEFAULT_FAIL_FAST_AFTER = 5
+"""Calls failing for good, with none answered, after which an LLM (or an endpoint) counts as
+unavailable and the run stops."""
+
+
+@dataclass
+class _Spend:
+    """What a call's failed attempts were charged so far (in the budget and the ledger alike):
+    those the provider reported usage for, and those of unknown outcome."""
+
+    billed_usd: float = 0.0
+    billed_attempts: int = 0
+    estimated_usd: float = 0.0
+    estimated_attempts: int = 0
+
+    @property
+    def usd(self) -> float:
+        return self.billed_usd + self.estimated_usd
 
 
 @dataclass
@@ -61,6 +95,14 @@ class LLMPool:
             the call instead.
         run_id: id written into every record (unless the call's context sets one);
             default: a fresh random id.
+        unknown_outcome_cost: how attempts of unknown outcome (timeouts, connections dropped
+            after sending, malformed replies, cancellations) are charged, one of
+            :data:`UNKNOWN_OUTCOME_COSTS`; the budget and the ledger charge the same amount.
+        fail_fast_after: when the first that many calls to an LLM, or to all LLMs of one
+            endpoint, fail for good (:class:`LLMCallError`) and none has been answered, that and
+            every later call to it raises :class:`LLMUnavailableError`, which the runtime does
+            not swallow: a wrong URL, model id or key stops the run instead of producing a run
+            of failed agents. ``None`` disables the check (a server that must outlive outages).
 
     Concurrency: calls to one endpoint (``base_url``) run at most ``min(max_concurrency)`` over
     the specs sharing it at a time, since a provider limits per account and endpoint rather than
@@ -79,6 +121,8 @@ class LLMPool:
         backoff_base_s: float = 0.5,
         backoff_max_s: float = 30.0,
         run_id: Optional[str] = None,
+        unknown_outcome_cost: str = "worst_case",
+        fail_fast_after: Optional[int] = DEFAULT_FAIL_FAST_AFTER,
     ):
         spec_list = list(specs)
         if not spec_list:
@@ -97,6 +141,27 @@ class LLMPool:
                 "need 0 <= backoff_base_s <= backoff_max_s < inf "
                 f"(got backoff_base_s={backoff_base_s!r}, backoff_max_s={backoff_max_s!r})"
             )
+        if unknown_outcome_cost not in UNKNOWN_OUTCOME_COSTS:
+            raise ValueError(
+                f"unknown_outcome_cost must be one of {list(UNKNOWN_OUTCOME_COSTS)} "
+                f"(got {unknown_outcome_cost!r})"
+            )
+        if fail_fast_after is not None and (
+            isinstance(fail_fast_after, bool)
+            or not isinstance(fail_fast_after, int)
+            or fail_fast_after < 1
+        ):
+            raise ValueError(
+                f"fail_fast_after must be an integer >= 1 or None (got {fail_fast_after!r})"
+            )
+        self.unknown_outcome_cost = unknown_outcome_cost
+        self.fail_fast_after = fail_fast_after
+        self._answered_llms: set[str] = set()
+        self._answered_endpoints: set[str] = set()
+        self._llm_failures: Counter[str] = Counter()
+        self._endpoint_failures: Counter[str] = Counter()
+        self._last_failure: dict[str, str] = {}  # by LLM name and by endpoint
+        self._last_failed_llm = ""
         self.cache = cache
         self.budget = budget
         self.max_attempts = max_attempts
@@ -181,6 +246,8 @@ class LLMPool:
             MissingAPIKeyError: the LLM's key variable is not set (not raised for cache hits).
             BudgetExceeded: the next attempt could take the run over its cap; it is not made.
             LLMCallError: retries exhausted or a permanent error (e.g. HTTP 400).
+            LLMUnavailableError: ``llm`` (or its endpoint) has failed its first
+                ``fail_fast_after`` calls for good and answered none.
         """
         spec = self._spec(llm)
         _check_request(messages, max_tokens, temperature, seed)
@@ -224,100 +291,116 @@ class LLMPool:
         started: float,
         key: Optional[str],
     ) -> ChatResult:
-        worst_usd = spec.cost_usd(prompt_tokens_upper_bound(messages), params["max_tokens"])
-        billed_usd = 0.0
-        billed_attempts = 0
+        prompt_bound = prompt_tokens_upper_bound(messages)
+        worst_usd = spec.cost_usd(prompt_bound, params["max_tokens"])
+        unknown_usd = (
+            worst_usd
+            if self.unknown_outcome_cost == "worst_case"
+            else spec.cost_usd(prompt_bound, 0)
+        )
+        spend = _Spend()
+        attempt = 0
+        recorded = False
 
-        def fail(reason: str, attempts: int) -> None:
-            self._record(
+        def record(
+            attempts: int,
+            *,
+            usage: tuple[int, int, bool] = (0, 0, False),
+            answer_usd: float = 0.0,
+            error: Optional[str] = None,
+        ) -> CallRecord:
+            nonlocal recorded
+            recorded = True
+            cost_usd = answer_usd + spend.usd
+            return self._record(
                 spec,
                 context,
                 started,
-                cost_usd=billed_usd,
-                would_have_cost_usd=billed_usd,
+                usage=usage,
+                cost_usd=cost_usd,
+                would_have_cost_usd=cost_usd,
                 attempts=attempts,
-                billed_usd=billed_usd,
-                billed_attempts=billed_attempts,
-                error=reason,
+                spend=spend,
+                error=error,
             )
 
-        reason = ""
-        attempt = 0
-        while attempt < self.max_attempts:
-            attempt += 1
-            try:
-                outcome = await self._attempt(spec, messages, params, context, worst_usd)
-            except BudgetExceeded as exc:
-                fail(f"budget: {exc}", attempt - 1)
-                raise
-            except MasrError as exc:
-                # Typed errors (missing key, replay lookups) pass through; nothing was sent.
-                fail(str(exc), attempt - 1)
-                raise
-            except Exception as exc:
-                raw_reason = f"{type(exc).__name__}: {exc}"
-                reason = _redact(raw_reason, spec)
-                fail(reason, attempt)
-                # A cause that quotes the key would put it in every printed traceback.
-                raise LLMCallError(spec.name, reason, attempt) from (
-                    exc if reason == raw_reason else None
-                )
-
-            if outcome.failure is None:
-                assert outcome.completion is not None
-                cost_usd = outcome.cost_usd + billed_usd
-                record = self._record(
-                    spec,
-                    context,
-                    started,
-                    usage=outcome.usage,
-                    cost_usd=cost_usd,
-                    would_have_cost_usd=cost_usd,
-                    attempts=attempt,
-                    billed_usd=billed_usd,
-                    billed_attempts=billed_attempts,
-                )
-                if self.cache is not None and key is not None:
-                    prompt_tokens, completion_tokens, estimated = outcome.usage
-                    await self.cache.put(
-                        key,
-                        spec.model,
-                        CachedResponse(
-                            outcome.completion.text,
-                            prompt_tokens,
-                            completion_tokens,
-                            estimated,
-                            cost_usd,
-                            outcome.completion.finish_reason,
-                        ),
+        unavailable = self._unavailable(spec)
+        if unavailable is not None:
+            record(0, error=f"unavailable: {unavailable}")
+            raise unavailable
+        try:
+            reason = ""
+            while attempt < self.max_attempts:
+                attempt += 1
+                try:
+                    outcome = await self._attempt(
+                        spec, messages, params, context, worst_usd, unknown_usd, spend
                     )
-                return ChatResult(outcome.completion.text, record)
+                except BudgetExceeded as exc:
+                    record(attempt - 1, error=f"budget: {exc}")
+                    raise
+                except MasrError as exc:
+                    # Typed errors (missing key, replay lookups) pass through; nothing was sent.
+                    record(attempt - 1, error=str(exc))
+                    raise
+                except Exception as exc:
+                    raw_reason = f"{type(exc).__name__}: {exc}"
+                    reason = _redact(raw_reason, spec)
+                    record(attempt, error=reason)
+                    # A cause that quotes the key would put it in every printed traceback.
+                    self._failed_for_good(
+                        spec, LLMCallError(spec.name, reason, attempt),
+                        cause=exc if reason == raw_reason else None,
+                    )
 
-            failure = outcome.failure
-            if failure.billed is not None:
-                billed_usd += outcome.cost_usd
-                billed_attempts += 1
-            reason = _redact(failure.reason, spec)
-            if attempt == self.max_attempts:
-                break
-            delay = self._backoff_s(attempt, failure.retry_after)
-            if delay is None:
-                reason += (
-                    f"; the server asked to retry after {failure.retry_after:g}s, "
-                    f"more than backoff_max_s={self.backoff_max_s:g}"
+                if outcome.failure is None:
+                    assert outcome.completion is not None
+                    self._note_answer(spec)
+                    result = record(attempt, usage=outcome.usage, answer_usd=outcome.cost_usd)
+                    if self.cache is not None and key is not None:
+                        prompt_tokens, completion_tokens, estimated = outcome.usage
+                        await self.cache.put(
+                            key,
+                            spec.model,
+                            CachedResponse(
+                                outcome.completion.text,
+                                prompt_tokens,
+                                completion_tokens,
+                                estimated,
+                                result.cost_usd,
+                                outcome.completion.finish_reason,
+                            ),
+                        )
+                    return ChatResult(outcome.completion.text, result)
+
+                failure = outcome.failure
+                reason = _redact(failure.reason, spec)
+                if attempt == self.max_attempts:
+                    break
+                delay = self._backoff_s(attempt, failure.retry_after)
+                if delay is None:
+                    reason += (
+                        f"; the server asked to retry after {failure.retry_after:g}s, "
+                        f"more than backoff_max_s={self.backoff_max_s:g}"
+                    )
+                    break
+                log.warning(
+                    "LLM %r attempt %d/%d failed (%s); retrying in %.2fs",
+                    spec.name,
+                    attempt,
+                    self.max_attempts,
+                    reason,
+                    delay,
                 )
-                break
-            log.warning(
-                "LLM %r attempt %d/%d failed (%s); retrying in %.2fs",
-                spec.name,
-                attempt,
-                self.max_attempts,
-                reason,
-                delay,
-            )
-            await asyncio.sleep(delay)
-        fail(reason, attempt)
-        raise LLMCallError(spec.name, reason, attempt)
+                await asyncio.sleep(delay)
+            record(attempt, error=reason)
+            self._failed_for_good(spec, LLMCallError(spec.name, reason, attempt), cause=None)
+        except BaseException:
+            # Cancelled (a batch stopping, Ctrl-C) during or between attempts: what the budget
+            # charged for the attempts made so far still goes on record.
+            if not recorded:
+                record(attempt, error="cancelled")
+            raise
 
     async def _attempt(
         self,
@@ -326,16 +409,21 @@ class LLMPool:
         params: dict[str, Any],
         context: CallContext,
         worst_usd: float,
+        unknown_usd: float,
+        spend: "_Spend",
     ) -> _Attempt:
         """One attempt inside an endpoint slot, with its budget reservation and timeout. Transient
-        failures are returned; permanent ones and :class:`BudgetExceeded` raise."""
+        failures are returned; permanent ones and :class:`BudgetExceeded` raise.
+
+        A failed attempt's cost is settled in the budget and added to ``spend`` in one place, so
+        the ledger and the budget charge it the same amount whatever ends the attempt."""
         async with self._slots[_endpoint(spec)]:
             reservation = None
             if self.budget is not None:
                 reservation = await self.budget.reserve(worst_usd, spec.name)
-            # Until the outcome is known, assume the worst: a cancelled or timed-out request may
-            # still be billed.
-            cost_usd = worst_usd
+            # From here the request may be on its way: until its outcome is known it is charged
+            # as unknown (a cancelled or timed-out request may still be billed).
+            cost_usd, unknown = unknown_usd, True
             try:
                 try:
                     completion = await asyncio.wait_for(
@@ -347,21 +435,83 @@ class LLMPool:
                         f"timeout after {spec.timeout_s:g}s", may_be_billed=True
                     ) from exc
                 usage = _usage(messages, completion)
-                cost_usd = spec.cost_usd(usage[0], usage[1])
+                cost_usd, unknown = spec.cost_usd(usage[0], usage[1]), False
                 return _Attempt(cost_usd, completion=completion, usage=usage)
             except TransientError as failure:
                 if failure.billed is not None:
-                    cost_usd = spec.cost_usd(*_usage(messages, failure.billed)[:2])
+                    cost_usd, unknown = spec.cost_usd(*_usage(messages, failure.billed)[:2]), False
+                    spend.billed_usd += cost_usd
+                    spend.billed_attempts += 1
                 elif not failure.may_be_billed:
-                    cost_usd = 0.0
+                    cost_usd, unknown = 0.0, False
                 return _Attempt(cost_usd, failure=failure)
             except Exception:
-                cost_usd = 0.0  # permanent errors (4xx, missing key) are not billed
+                cost_usd, unknown = 0.0, False  # permanent errors (4xx, missing key) are not billed
                 raise
             finally:
+                if unknown:
+                    spend.estimated_usd += cost_usd
+                    spend.estimated_attempts += 1
                 if reservation is not None:
                     assert self.budget is not None
                     self.budget.settle(reservation, cost_usd)
+
+    # --------------------------------------------------------------------------- fail fast
+    def _unavailable(self, spec: LLMSpec) -> Optional[LLMUnavailableError]:
+        """The error stopping calls to ``spec``: its first ``fail_fast_after`` calls, or those of
+        every LLM on its endpoint, failed for good and none was answered. ``None`` otherwise."""
+        limit = self.fail_fast_after
+        if limit is None or spec.name in self._answered_llms:
+            return None
+        if self._llm_failures[spec.name] >= limit:
+            return LLMUnavailableError(
+                spec.name, spec.base_url, self._llm_failures[spec.name],
+                self._last_failure[spec.name],
+            )
+        endpoint = _endpoint(spec)
+        if endpoint not in self._answered_endpoints and self._endpoint_failures[endpoint] >= limit:
+            return LLMUnavailableError(
+                spec.name, spec.base_url, self._endpoint_failures[endpoint],
+                self._last_failure[endpoint], scope="endpoint",
+            )
+        return None
+
+    def _note_answer(self, spec: LLMSpec) -> None:
+        self._answered_llms.add(spec.name)
+        self._answered_endpoints.add(_endpoint(spec))
+
+    def _failed_for_good(
+        self, spec: LLMSpec, error: LLMCallError, *, cause: Optional[BaseException]
+    ) -> NoReturn:
+        """Raise ``error``, or :class:`LLMUnavailableError` when this failure trips fail-fast."""
+        endpoint = _endpoint(spec)
+        if spec.name not in self._answered_llms:
+            self._llm_failures[spec.name] += 1
+            self._last_failure[spec.name] = error.reason
+        if endpoint not in self._answered_endpoints:
+            self._endpoint_failures[endpoint] += 1
+            self._last_failure[endpoint] = error.reason
+        self._last_failed_llm = spec.name
+        unavailable = self._unavailable(spec)
+        if unavailable is not None:
+            raise unavailable from None
+        if cause is None:
+            raise error from None
+        raise error from cause
+
+    def startup_failure(self) -> Optional[LLMUnavailableError]:
+        """The error to stop a run with when calls have failed for good and no endpoint has
+        answered any call yet (``None`` otherwise, or when ``fail_fast_after`` is ``None``).
+
+        For callers that see a whole batch fail before ``fail_fast_after`` calls were made (a
+        first training step of two queries): its results would be failures only."""
+        if self.fail_fast_after is None or self._answered_endpoints or not self._last_failed_llm:
+            return None
+        spec = self._specs[self._last_failed_llm]
+        failures = sum(self._endpoint_failures.values())
+        return LLMUnavailableError(
+            spec.name, spec.base_url, failures, self._last_failure[_endpoint(spec)], scope="pool"
+        )
 
     def _backoff_s(self, attempt: int, retry_after: Optional[float]) -> Optional[float]:
         """Wait before attempt ``attempt + 1``; ``None`` when the server asks for too long."""
@@ -384,12 +534,12 @@ class LLMPool:
         attempts: int,
         usage: tuple[int, int, bool] = (0, 0, False),
         cached: bool = False,
-        billed_usd: float = 0.0,
-        billed_attempts: int = 0,
+        spend: Optional["_Spend"] = None,
         error: Optional[str] = None,
     ) -> CallRecord:
         """Build a call's record and append it to the ledger."""
         prompt_tokens, completion_tokens, estimated = usage
+        spend = spend or _Spend()
         record = CallRecord(
             llm=spec.name,
             model=spec.model,
@@ -401,8 +551,11 @@ class LLMPool:
             attempts=attempts,
             cached=cached,
             usage_estimated=estimated,
-            billed_failed_usd=billed_usd,
-            billed_failed_attempts=billed_attempts,
+            billed_failed_usd=spend.billed_usd,
+            billed_failed_attempts=spend.billed_attempts,
+            estimated_usd=spend.estimated_usd,
+            estimated_attempts=spend.estimated_attempts,
+            cost_estimated=estimated or spend.estimated_attempts > 0,
             error=error,
             query_id=context.query_id,
             agent=context.agent,

@@ -8,7 +8,7 @@ checks the budget, looks in the cache, and otherwise asks the LLM's :class:`Tran
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
-from typing import Any, Optional, Protocol, Sequence
+from typing import Any, Iterable, Optional, Protocol, Sequence
 
 Message = dict[str, str]  # {"role": "system" | "user" | "assistant", "content": str}
 
@@ -29,6 +29,10 @@ class LLMSpec:
         description: free text; the LLM node's feature text in the router graph.
         max_concurrency: most requests in flight at once to this LLM's endpoint.
         timeout_s: per-attempt timeout in seconds.
+        notional: why this LLM's prices are notional — nothing is paid to anyone (the replay
+            pool's recorded list prices, a local model's electricity estimate) — or ``None``
+            when its cost is real money. Every printed $ figure that includes such an LLM says
+            so (:func:`notional_note`).
     """
 
     name: str
@@ -40,6 +44,7 @@ class LLMSpec:
     api_key_env: Optional[str] = None
     max_concurrency: int = 16
     timeout_s: float = 60.0
+    notional: Optional[str] = None
 
     def cost_usd(self, prompt_tokens: int, completion_tokens: int) -> float:
         return (prompt_tokens * self.price_in + completion_tokens * self.price_out) / 1e6
@@ -95,7 +100,15 @@ class CallRecord:
 
     ``cost_usd`` is what this call actually cost now (0 for a cache hit, plus billed failed
     attempts); ``would_have_cost_usd`` is what the original, uncached call cost, so re-runs can
-    report both."""
+    report both.
+
+    Attempts whose outcome is unknown (a timeout, a connection dropped after the request was
+    sent, a malformed reply, no choices and no usage, a cancelled request) may have been billed
+    without the provider telling us. Each is charged what the budget charged it — the pool's
+    ``unknown_outcome_cost`` policy — and counted in ``estimated_attempts`` /
+    ``estimated_usd`` (part of ``cost_usd``); ``cost_estimated`` is then true, as it is when
+    ``usage_estimated`` is. So the ledger's total is what the budget counted, never a silent $0.
+    """
 
     llm: str
     model: str
@@ -109,6 +122,9 @@ class CallRecord:
     usage_estimated: bool
     billed_failed_usd: float = 0.0
     billed_failed_attempts: int = 0
+    estimated_usd: float = 0.0
+    estimated_attempts: int = 0
+    cost_estimated: bool = False
     error: Optional[str] = None
     query_id: str = ""
     agent: Optional[int] = None
@@ -152,9 +168,27 @@ class UsageTotals:
     estimated_usage_calls: int = 0
     billed_failed_attempts: int = 0
     billed_failed_usd: float = 0.0
+    estimated_attempts: int = 0
+    estimated_usd: float = 0.0
+    estimated_cost_calls: int = 0
     prompt_tokens: int = 0
     completion_tokens: int = 0
     cost_usd: float = 0.0
     would_have_cost_usd: float = 0.0
     latency_s: float = 0.0
     extra: dict[str, Any] = field(default_factory=dict)
+
+
+def notional_note(specs: Iterable[LLMSpec]) -> str:
+    """What to print next to $ figures of a run over ``specs``: ``""`` when every price is real
+    money, otherwise why the figures are notional, e.g. ``"notional: replay pool, recorded list
+    prices; nothing was paid"`` (or ``"partly notional: a, b (...)"`` for a mixed pool) — a
+    replay run's dollars must never read as a bill."""
+    specs = list(specs)
+    notional = [s for s in specs if s.notional]
+    if not notional:
+        return ""
+    reasons = "; ".join(sorted({s.notional for s in notional if s.notional}))
+    if len(notional) == len(specs):
+        return f"notional: {reasons}"
+    return f"partly notional: {', '.join(s.name for s in notional)} ({reasons})"

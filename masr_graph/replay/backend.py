@@ -55,6 +55,8 @@ from .rules import DEFAULT_RULE, CollaborationRule, RuleCall, get_rule
 from .worlds import WORLDS, RecordedItem, World, load_world
 
 REPLAY_SCHEME = "replay"
+NOTIONAL = "replay pool: recorded list prices, nothing was paid"
+"""Why a replay LLM's price is not money (``LLMSpec.notional``)."""
 FINGERPRINT_CHARS = 12
 """Characters of a recorded question's normalised text that index it (the shortest recorded
 question has 14)."""
@@ -329,7 +331,7 @@ def replay_specs(
         specs.append(LLMSpec(
             name=name, model=info.model, base_url=config.to_url(), price_in=info.price_in,
             price_out=info.price_out, description=info.description,
-            max_concurrency=max_concurrency, timeout_s=timeout_s))
+            max_concurrency=max_concurrency, timeout_s=timeout_s, notional=NOTIONAL))
     return specs
 
 
@@ -383,7 +385,7 @@ def backend_info(source: Union[str, LLMPool, Iterable[LLMSpec], None] = None) ->
     return {
         "backend": f"{REPLAY_SCHEME}:{config.outcome_set}",
         "base_url": config.to_url(),
-        "costs": "notional: recorded list prices x counted tokens; nothing was paid",
+        "costs": f"notional ({NOTIONAL}): recorded list prices x counted tokens",
         "collaboration_rule": rule.name,
         "collaboration_rule_description": rule.description,
         "latency_s": config.latency_s,
