@@ -128,7 +128,7 @@ def test_gradient_reaches_every_parameter_of_every_stage(vocab):
     assert dead == []
     stages = {name.split(".")[0] for name, _ in router.named_parameters()}
     assert stages == {"graph_encoder", "task_classifier", "mode_selector", "agent_counter",
-                      "role_allocator", "llm_router", "lambda_encoder"}
+                      "role_allocator", "llm_router", "lambda_encoder", "query_projection"}
 
 
 def test_a_query_routes_the_same_whatever_its_batch(router, vocab):

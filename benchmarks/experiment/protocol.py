@@ -32,6 +32,7 @@ trained routers — is built once by :class:`PairRun` and kept on disk.
 """
 from __future__ import annotations
 
+import itertools
 import json
 import math
 from dataclasses import dataclass, field, replace
@@ -44,18 +45,26 @@ import torch
 from masr_graph.errors import ConfigError
 from masr_graph.llm import LLMSpec
 from masr_graph.plan import Plan
-from masr_graph.replay import load_world, replay_specs, split_examples_of, world_split
+from masr_graph.replay import load_world, split_examples_of, world_split
 from masr_graph.replay.rules import DEFAULT_RULE
 from masr_graph.router import MasRouter, NodeVocab, RouterConfig, TextEncoder
 from masr_graph.router.checkpoint import load_checkpoint, save_checkpoint
-from masr_graph.router.library import LibraryConfig, LibraryOutcomes, LibraryTrainer
+from masr_graph.router.library import (
+    LibraryConfig,
+    LibraryOutcomes,
+    LibraryPolicy,
+    LibraryTrainer,
+    validation_gate,
+)
 
 from ..reporting.results import QueryResult, RunStore
 from ..tasks.datasets import Example
-from .baselines import RandomPlans, SingleLLM
+from ..tasks.splits import make_split, save_split, split_examples
+from .baselines import RandomPlans, SingleLLM, generalist_role
 from .library import OutcomeStore, SingleOutcomes, build_library, execute, plan_key, single_plans
 from .pipeline import Pipeline
 from .routers import KNNRouter, LogisticRouter, MFRouter, MLPRouter
+from .wiring import evaluate_method, pool_specs
 
 LAMBDAS: tuple[float, ...] = (0.0, 10.0, 100.0, 1000.0, 10000.0)
 """The sweep of λ (utility per $) from "cost is nothing" (0) to "cost dominates" (10,000: $0.0001
@@ -73,11 +82,17 @@ SEEDED_ROUTERS = ("MLP router", "MF router")
 GROUPS = {MASROUTER: "MasRouter", BEST_FIXED: "best fixed plan", RANDOM: "baseline",
           ORACLE: "oracle", **{name: "single-agent router" for name in ROUTER_CLASSES}}
 ROUTER_CONFIG = RouterConfig(max_agents=5)
+MAX_VOTE_POOL = 5
+
+
+ENDPOINTS = "endpoints"
+"""The ``world`` of a pair whose pool is a YAML file of real OpenAI-compatible endpoints."""
 
 
 @dataclass(frozen=True)
 class Pair:
-    """A recorded world, an LLM pool of it and a task."""
+    """A recorded world, an LLM pool of it and a task — or, with world :data:`ENDPOINTS`, a pool
+    YAML file of real endpoints and a benchmark."""
 
     world: str
     pool: str
@@ -85,7 +100,8 @@ class Pair:
 
     @property
     def name(self) -> str:
-        return f"{self.world}-{self.pool}-{self.task}"
+        pool = Path(self.pool).stem if self.world == ENDPOINTS else self.pool.replace(",", "+")
+        return f"{self.world}-{pool}-{self.task}"
 
 
 DEFAULT_PAIRS: tuple[Pair, ...] = (
@@ -105,7 +121,10 @@ class ProtocolSettings:
         max_train, max_validation, max_test: caps on each part's queries (``None``: all).
         team_llms: most LLMs combined into library teams.
         router_steps: steps of MasRouter's library objective.
+        router_temperature: τ of its soft targets (utility units).
         rule: the replay collaboration rule.
+        max_tokens: completion cap per call on real endpoints (recorded worlds use their
+            recordings' own cap, so that every recorded reply replays whole).
     """
 
     lambdas: tuple[float, ...] = LAMBDAS
@@ -116,7 +135,9 @@ class ProtocolSettings:
     max_test: Optional[int] = None
     team_llms: int = 8
     router_steps: int = 300
+    router_temperature: float = 0.02
     rule: str = DEFAULT_RULE
+    max_tokens: int = 1024
 
     def __post_init__(self) -> None:
         if not self.lambdas or any(not math.isfinite(v) or v < 0 for v in self.lambdas):
@@ -195,21 +216,15 @@ class PairRun:
         self.pair, self.settings, self.encoder = pair, settings, encoder
         self.out = out / pair.name
         self.out.mkdir(parents=True, exist_ok=True)
-        world = load_world(pair.world, data_dir)
-        self.world = world
-        self.specs: list[LLMSpec] = replay_specs(pair.world, pair.pool, task=pair.task,
-                                                 data_dir=data_dir, rule=settings.rule)
+        self.specs, self.backend = pool_specs(pair.pool, world=pair.world, task=pair.task,
+                                              data_dir=data_dir, rule=settings.rule)
         self.llms = [spec.name for spec in self.specs]
-        split = world_split(world, pair.task, seed=settings.split_seed,
-                            split_file=self.out / "split.json")
+        train, validation, test = self._split(data_dir)
         seed = settings.split_seed
         self.data = PairData(
-            train=_sample(split_examples_of(world, pair.task, split, "train"),
-                          settings.max_train, seed),
-            validation=_sample(split_examples_of(world, pair.task, split, "validation"),
-                               settings.max_validation, seed + 1),
-            test=_sample(split_examples_of(world, pair.task, split, "test"),
-                         settings.max_test, seed + 2),
+            train=_sample(train, settings.max_train, seed),
+            validation=_sample(validation, settings.max_validation, seed + 1),
+            test=_sample(test, settings.max_test, seed + 2),
         )
         (self.out / "used_ids.json").write_text(json.dumps(
             {part: [e.id for e in getattr(self.data, part)]
@@ -224,10 +239,26 @@ class PairRun:
         self.train_outcomes: Optional[LibraryOutcomes] = None
         self.validation_outcomes: Optional[LibraryOutcomes] = None
 
-    @property
-    def max_tokens(self) -> int:
-        """The completion cap that replays this world's recordings whole."""
-        return self.world.max_tokens
+    def _split(self, data_dir: Optional[Path]) -> tuple[list[Example], list[Example],
+                                                        list[Example]]:
+        """Train, validation and test examples: the recorded world's split, or for real
+        endpoints the benchmark's own split with a seeded third of its train as validation."""
+        pair, seed = self.pair, self.settings.split_seed
+        if pair.world == ENDPOINTS:
+            self.max_tokens = self.settings.max_tokens
+            split = make_split(pair.task, seed=seed, data_dir=data_dir)
+            save_split(split, self.out / "split.json")
+            train = split_examples(split, "train", data_dir)
+            order = np.random.default_rng(seed).permutation(len(train))
+            held = set(order[: len(train) // 3].tolist())
+            return ([e for i, e in enumerate(train) if i not in held],
+                    [e for i, e in enumerate(train) if i in held],
+                    split_examples(split, "test", data_dir))
+        world = load_world(pair.world, data_dir)
+        self.max_tokens = world.max_tokens
+        split = world_split(world, pair.task, seed=seed, split_file=self.out / "split.json")
+        return tuple(split_examples_of(world, pair.task, split, part)  # type: ignore[return-value]
+                     for part in ("train", "validation", "test"))
 
     # ---- shared work -----------------------------------------------------------------------
     async def prepare(self, pipeline: Pipeline, *, progress: Optional[object] = None) -> int:
@@ -259,26 +290,33 @@ class PairRun:
             raise ConfigError(f"pair {self.pair.name}: prepare() must run before its cells")
         return self.train_outcomes, self.validation_outcomes
 
-    def router(self, seed: int) -> MasRouter:
-        """MasRouter of ``seed``, trained on the library outcomes (or loaded when its checkpoint
-        exists); the training curve goes to ``masrouter-seed<seed>.curve.json``."""
+    def router(self, seed: int) -> LibraryPolicy:
+        """MasRouter of ``seed``: trained on the library outcomes of the training queries,
+        weights and gate chosen on the validation queries (or loaded when its checkpoint
+        exists); the training curve and the gate go to ``masrouter-seed<seed>.curve.json``."""
         path = self.out / f"masrouter-seed{seed}.pt"
         if path.exists():
-            return load_checkpoint(path, encoder=self.encoder).router
+            loaded = load_checkpoint(path, encoder=self.encoder)
+            return LibraryPolicy(loaded.router, self.vocab, loaded.library, loaded.gate)
         train, validation = self._require_prepared()
         torch.manual_seed(seed)
         router = MasRouter(ROUTER_CONFIG, encoder=self.encoder)
         trainer = LibraryTrainer(router, self.vocab, train, validation, LibraryConfig(
-            lambdas=self.settings.lambdas, steps=self.settings.router_steps, seed=seed))
+            lambdas=self.settings.lambdas, steps=self.settings.router_steps, seed=seed,
+            temperature=self.settings.router_temperature))
         history = trainer.fit()
-        save_checkpoint(path, router, self.vocab, library=self.library)
+        gate = {self.domain: validation_gate(router, self.vocab, train, validation,
+                                             self.settings.lambdas)}
+        save_checkpoint(path, router, self.vocab, library=self.library, gate=gate)
         (self.out / f"masrouter-seed{seed}.curve.json").write_text(json.dumps({
             "best_step": trainer.best_step,
+            "gate": {f"{lam:g}": None if index is None else plan_key(self.library[index])
+                     for lam, index in gate[self.domain].items()},
             "points": [{"step": p.step, "executions": p.executions,
                         "train_objective": p.train_objective,
                         "validation_utility": p.validation_utility} for p in history],
         }, indent=1))
-        return router
+        return LibraryPolicy(router, self.vocab, self.library, gate)
 
     # ---- cells -----------------------------------------------------------------------------
     def cells(self) -> list[Cell]:
@@ -295,6 +333,7 @@ class PairRun:
                   for llm in self.llms for mode in ("IO", "CoT")]
         cells += [Cell(self.pair, fixed_mode_name(plan), "fixed mode")
                   for plan in self.fixed_mode_plans()]
+        cells += [Cell(self.pair, vote_name(plan), "fixed vote") for plan in self.vote_plans()]
         cells += [Cell(self.pair, RANDOM, GROUPS[RANDOM], None, seed) for seed in s.seeds]
         cells += [Cell(self.pair, ORACLE, GROUPS[ORACLE], lam) for lam in s.lambdas]
         return cells
@@ -303,14 +342,21 @@ class PairRun:
         """The library's fixed-mode plans (every mode but IO with copies of the best LLM)."""
         return [p for p in self.library if p.mode != "IO" and len(set(p.llms)) == 1]
 
+    def vote_plans(self) -> list[Plan]:
+        """Majority votes of every three distinct LLMs, for pools of at most
+        :data:`MAX_VOTE_POOL` LLMs (e.g. ``paper5``): they show what a plain team does."""
+        if len(self.llms) > MAX_VOTE_POOL:
+            return []
+        role = generalist_role(self.domain)
+        return [Plan("IO", [role] * 3, list(team), task=self.domain)
+                for team in itertools.combinations(self.llms, 3)]
+
     def plans(self, cell: Cell) -> list[Plan]:
         """The plan ``cell``'s method gives each test query."""
         test = self.data.test
         if cell.method == MASROUTER:
             assert cell.seed is not None and cell.cost_lambda is not None
-            router = self.router(cell.seed)
-            return router.route([e.query for e in test], self.vocab, cost_lambda=cell.cost_lambda,
-                                library=self.library)
+            return self.router(cell.seed).route([e.query for e in test], cell.cost_lambda)
         if cell.method == BEST_FIXED:
             assert cell.cost_lambda is not None
             return [self.best_fixed_plan(cell.cost_lambda)] * len(test)
@@ -326,8 +372,8 @@ class PairRun:
             for mode in ("IO", "CoT"):
                 if cell.method == SingleLLM(llm, mode).name:
                     return SingleLLM(llm, mode).plans(test)
-        for plan in self.fixed_mode_plans():
-            if cell.method == fixed_mode_name(plan):
+        for plan in (*self.fixed_mode_plans(), *self.vote_plans()):
+            if cell.method in (fixed_mode_name(plan), vote_name(plan)):
                 return [plan] * len(test)
         raise ConfigError(f"pair {self.pair.name} has no method {cell.method!r}")
 
@@ -365,8 +411,6 @@ class PairRun:
                     if result.query_id not in done:
                         self.store.append(result)
             return self.oracle(cell)
-        from .wiring import evaluate_method
-
         return await evaluate_method(pipeline, self.store, self.pair.name,
                                      _Fixed(cell.label, self.plans(cell)), self.data.test,
                                      progress=progress)
@@ -401,3 +445,7 @@ class _Fixed:
 
 def fixed_mode_name(plan: Plan) -> str:
     return f"{plan.mode} k={plan.k} ({plan.llms[0]})"
+
+
+def vote_name(plan: Plan) -> str:
+    return f"vote of {', '.join(plan.llms)}"

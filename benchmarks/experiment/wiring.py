@@ -3,17 +3,12 @@
 runtime (response cache, budget, pool, executor, scoring pipeline), how a router is trained with
 checkpoints and how a method is evaluated into the resumable result store.
 
-Typical use::
+Typical use (the protocol, :mod:`.protocol`, does this for every pair and method)::
 
-    specs, backend = pool_specs(None)                       # the offline replay pool
-    data = load_examples(["gsm8k"], replay=True, splits_dir=out / "splits", max_train=64)
-    async with open_runtime(specs, out, max_usd=1.0, run_id="demo") as runtime:
-        encoder = TextEncoder(cache_path=out / "embeddings.pt")
-        trainer = make_trainer(specs, runtime.pipeline, out / "router.pt", encoder=encoder)
-        await fit_trainer(trainer, data["gsm8k"][0], steps=30, checkpoint=out / "router.pt")
-        method = RoutedMethod("MasRouter", trainer.router, trainer.vocab)
+    specs, backend = pool_specs("paper5", world="zeroeval", task="gsm8k")   # offline replay
+    async with open_runtime(specs, out, max_usd=1.0, run_id="demo", max_tokens=4096) as runtime:
         results = await evaluate_method(runtime.pipeline, RunStore(out), "gsm8k", method,
-                                        data["gsm8k"][1])
+                                        test_examples)
     print(spending_text(runtime.spending()))   # what the budget counted; notional for replay
 """
 from __future__ import annotations
@@ -50,108 +45,56 @@ from masr_graph.router import (
 )
 from masr_graph.runtime import MASExecutor
 
+from masr_graph.replay.rules import DEFAULT_RULE
+
 from ..data.data_dir import PathLike
+from ..reporting.results import QueryResult, RunStore
 from ..tasks.datasets import Example
 from .pipeline import Pipeline, ScoreCache
-from ..reporting.results import QueryResult, RunStore
-from ..tasks.splits import make_split, save_split, split_examples
 
-REPLAY_BENCHMARKS: tuple[str, ...] = ("gsm8k", "math", "humaneval", "mbpp", "mmlu")
-"""The benchmarks the replay pool has recorded outcomes for."""
+DEFAULT_ROUTER_CONFIG = RouterConfig(max_agents=5)
+"""Router size of new training runs (at most 5 agents per plan: the largest library votes)."""
 
-DEFAULT_ROUTER_CONFIG = RouterConfig(max_agents=4)
-"""Router size of new training runs (at most 4 agents per plan, as in the paper's experiments)."""
 
-Splits = dict[str, tuple[list[Example], list[Example]]]
+def is_pool_file(pool: Optional[PathLike]) -> bool:
+    """Whether ``pool`` names a pool YAML file (real endpoints) rather than a recorded pool."""
+    if pool is None:
+        return False
+    text = str(pool)
+    return text.endswith((".yaml", ".yml")) or Path(text).is_file()
 
 
 def pool_specs(
-    pool_file: Optional[PathLike], *, data_dir: Optional[PathLike] = None, rule: str = "stubborn"
+    pool: Optional[PathLike] = None,
+    *,
+    world: str = "zeroeval",
+    task: Optional[str] = None,
+    data_dir: Optional[PathLike] = None,
+    rule: str = DEFAULT_RULE,
 ) -> tuple[list[LLMSpec], dict[str, Any]]:
     """The pool's LLMs and the description of the backend every result must carry.
 
     Args:
-        pool_file: a pool YAML file (real OpenAI-compatible endpoints); ``None`` selects the
-            offline recorded-outcome (replay) pool.
-        data_dir: data directory of the replay outcomes (``None``: ``$MASR_DATA_DIR``, then
-            ``../shared/data``).
+        pool: a pool YAML file (real OpenAI-compatible endpoints); otherwise a recorded pool of
+            ``world``: a name (``"paper5"``, ``"all"``...), a comma-separated list of recorded
+            LLMs, or ``None`` for every LLM recorded on ``task``.
+        world: the recorded world (``"zeroeval"`` or ``"llmrouter"``) of a recorded pool.
+        task: the task a recorded pool serves (membership depends on it in ZeroEval).
+        data_dir: data directory (``None``: ``$MASR_DATA_DIR``, then ``../shared/data``).
         rule: replay collaboration rule.
 
     Raises:
-        ConfigError: invalid pool file or unknown replay rule.
-        DataError: the replay outcome data is missing.
+        ConfigError: an invalid pool file, or an unknown world, pool, LLM or rule.
+        DataError: the recorded data is missing.
     """
-    if pool_file is not None:
-        specs = load_pool_config(pool_file)
-        return specs, {"backend": f"pool file {pool_file}", "llms": [s.name for s in specs]}
+    if is_pool_file(pool):
+        specs = load_pool_config(pool)  # type: ignore[arg-type]
+        return specs, {"backend": f"pool file {pool}", "llms": [s.name for s in specs]}
     from masr_graph.replay import backend_info, replay_specs
 
-    specs = replay_specs(data_dir, rule=rule)
+    specs = replay_specs(world, None if pool is None else str(pool), task=task,
+                         data_dir=data_dir, rule=rule)
     return specs, backend_info(specs)
-
-
-def sample_examples(examples: list[Example], limit: Optional[int], seed: int) -> list[Example]:
-    """At most ``limit`` examples drawn without replacement (seeded), in their original order;
-    all of them when ``limit`` is ``None`` or not smaller than their number."""
-    if limit is None or len(examples) <= limit:
-        return examples
-    chosen = sorted(random.Random(seed).sample(range(len(examples)), limit))
-    return [examples[i] for i in chosen]
-
-
-def load_examples(
-    benchmarks: Sequence[str],
-    *,
-    replay: bool,
-    splits_dir: Path,
-    data_dir: Optional[PathLike] = None,
-    split_seed: int = 0,
-    max_train: Optional[int] = None,
-    max_test: Optional[int] = None,
-    used_ids_name: str = "used_ids",
-) -> Splits:
-    """``(train, test)`` examples per benchmark.
-
-    The splits are seeded and saved under ``splits_dir`` (a rerun with the same seed reads the
-    same split back), then sampled down to ``max_train`` / ``max_test``; the ids actually used go
-    to ``splits_dir/<benchmark>.<used_ids_name>.txt``.
-
-    Args:
-        benchmarks: benchmark names.
-        replay: use the replay benchmark's recorded queries (the replay pool can only answer
-            those); otherwise the benchmarks' own seeded splits.
-        split_seed: seed of the splits (the test sample uses ``split_seed + 1``).
-
-    Raises:
-        ConfigError: ``replay`` and a benchmark without recorded outcomes.
-        DataError: data files missing.
-    """
-    splits_dir.mkdir(parents=True, exist_ok=True)
-    data: Splits = {}
-    if replay:
-        from masr_graph.replay import ReplayBenchmark
-
-        bench = ReplayBenchmark(seed=split_seed, data_dir=data_dir,
-                                split_file=splits_dir / "replay-llmrouter.json")
-        for name in benchmarks:
-            if name not in bench.tasks:
-                raise ConfigError(f"benchmark {name!r} has no recorded outcomes; the replay pool "
-                                  f"covers {list(bench.tasks)} (use --pool for others)")
-            data[name] = (bench.examples("train", name), bench.examples("test", name))
-    else:
-        for name in benchmarks:
-            split = make_split(name, seed=split_seed, data_dir=data_dir)
-            save_split(split, splits_dir / f"{name}.json")
-            data[name] = (split_examples(split, "train", data_dir),
-                          split_examples(split, "test", data_dir))
-    sampled: Splits = {}
-    for name, (train, test) in data.items():
-        train = sample_examples(train, max_train, split_seed)
-        test = sample_examples(test, max_test, split_seed + 1)
-        ids = ["# train"] + [e.id for e in train] + ["# test"] + [e.id for e in test]
-        (splits_dir / f"{name}.{used_ids_name}.txt").write_text("\n".join(ids) + "\n")
-        sampled[name] = (train, test)
-    return sampled
 
 
 @dataclass
@@ -208,22 +151,28 @@ async def open_runtime(
     *,
     run_id: str,
     max_usd: Optional[float] = None,
+    budget: Optional[Budget] = None,
+    max_tokens: int = 512,
     max_concurrent_queries: int = 64,
     unknown_outcome_cost: str = "worst_case",
     fail_fast_after: Optional[int] = DEFAULT_FAIL_FAST_AFTER,
 ) -> AsyncIterator[Runtime]:
     """The runtime of an experiment writing to ``out``: response cache ``out/llm_cache.sqlite``,
-    score cache ``out/scores.sqlite``, a budget capped at ``max_usd`` (``None``: no cap), the
-    pool (``unknown_outcome_cost`` and ``fail_fast_after`` as for :class:`LLMPool`), an executor
-    that keeps no messages in traces, and the pipeline. Everything is closed on exit, and every
-    call record of the invocation is written to ``out/ledgers/<run_id>.jsonl`` (also after an
-    error or interrupt); ``runtime.pool.ledger`` stays readable afterwards."""
+    score cache ``out/scores.sqlite``, a budget (``budget``, shared with other runtimes of the
+    invocation, or a new one capped at ``max_usd``; neither: no cap), the pool
+    (``unknown_outcome_cost`` and ``fail_fast_after`` as for :class:`LLMPool`), an executor that
+    keeps no messages in traces and caps completions at ``max_tokens``, and the pipeline.
+    Everything is closed on exit, and every call record of the invocation is written to
+    ``out/ledgers/<run_id>.jsonl`` (also after an error or interrupt);
+    ``runtime.pool.ledger`` stays readable afterwards."""
     cache = ResponseCache(out / "llm_cache.sqlite")
-    budget = Budget(max_usd) if max_usd is not None else None
+    if budget is None and max_usd is not None:
+        budget = Budget(max_usd)
     pool = LLMPool(list(specs), cache=cache, budget=budget, run_id=run_id,
                    unknown_outcome_cost=unknown_outcome_cost, fail_fast_after=fail_fast_after)
     scores = ScoreCache(out / "scores.sqlite")
-    executor = MASExecutor(pool, keep_messages=False, max_concurrent_queries=max_concurrent_queries)
+    executor = MASExecutor(pool, keep_messages=False, max_tokens=max_tokens,
+                           max_concurrent_queries=max_concurrent_queries)
     try:
         yield Runtime(pool, executor, Pipeline(executor, scores=scores), budget)
     finally:
@@ -303,22 +252,22 @@ async def fit_trainer(
 
 
 class RoutedMethod:
-    """A trained router as a benchmark method: greedy plans over ``vocab``.
+    """A trained router as a benchmark method: its plans at one cost preference.
 
     Args:
         name: display name (also the key of its results in the :class:`RunStore`).
-        router: the router (put in eval mode).
-        vocab: the vocabulary to route over.
+        policy: anything with ``route(queries, cost_lambda) -> list[Plan]``
+            (:class:`~masr_graph.router.library.LibraryPolicy`).
+        cost_lambda: λ, utility per $.
     """
 
     group = "MasRouter"
 
-    def __init__(self, name: str, router: MasRouter, vocab: NodeVocab):
-        self.name, self.router, self.vocab = name, router, vocab
-        router.eval()
+    def __init__(self, name: str, policy: Any, cost_lambda: float):
+        self.name, self.policy, self.cost_lambda = name, policy, cost_lambda
 
     def plans(self, examples: Sequence[Example]) -> list[Plan]:
-        return self.router.route([e.query for e in examples], self.vocab, greedy=True)
+        return self.policy.route([e.query for e in examples], self.cost_lambda)
 
 
 async def evaluate_method(

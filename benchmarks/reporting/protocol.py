@@ -120,7 +120,7 @@ def pair_report(run: PairRun, cells: Sequence[Cell]) -> PairReport:
     _comparisons(report)
     middle = report.middle_lambda
     for (method, cell_lambda), runs in finished.items():
-        if cell_lambda in (None, middle) and groups[method] not in ("single LLM", "fixed mode"):
+        if cell_lambda in (None, middle) and groups[method] not in ("single LLM", "fixed mode", "fixed vote"):
             report.distributions[method] = plan_distribution(
                 [{"mode": r.mode, "k": len(r.llms), "roles": r.roles, "llms": r.llms}
                  for r in runs[0]])
@@ -299,20 +299,22 @@ def report_markdown(reports: Sequence[PairReport], checks: Sequence[TargetCheck]
 
 
 def write_report(reports: Sequence[PairReport], meta: dict[str, Any], out: Path) -> list[TargetCheck]:
-    """Write ``protocol.md``, ``protocol.json``, ``fronts.png`` and ``plans.png`` to ``out``."""
+    """Write ``results.md``, ``results.json``, ``fronts.png`` and ``plans.png`` to ``out``."""
     checks = target_checks(reports)
-    (out / "protocol.md").write_text(report_markdown(reports, checks, meta), encoding="utf-8")
+    markdown = out / "results.md.tmp"
+    markdown.write_text(report_markdown(reports, checks, meta), encoding="utf-8")
+    markdown.replace(out / "results.md")
     payload = {"meta": meta, "targets": [asdict(c) for c in checks],
                "pairs": [asdict(r) for r in reports]}
-    tmp = out / "protocol.json.tmp"
+    tmp = out / "results.json.tmp"
     tmp.write_text(json.dumps(payload, indent=1, default=str), encoding="utf-8")
-    tmp.replace(out / "protocol.json")
+    tmp.replace(out / "results.json")
     panels = []
     for r in reports:
         methods = defaultdict(list)
         groups = {}
         for s in sorted(r.scores, key=lambda s: s.cost_lambda):
-            if s.group in ("single LLM", "fixed mode", "oracle") or s.usd_per_query <= 0:
+            if s.group in ("single LLM", "fixed mode", "fixed vote", "oracle") or s.usd_per_query <= 0:
                 continue
             if s.lambda_independent and s.cost_lambda != r.lambdas[0]:
                 continue  # one point, not one per λ

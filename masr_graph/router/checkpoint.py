@@ -37,12 +37,15 @@ class Checkpoint:
             or ``None`` for a router-only checkpoint.
         library: the candidate plans the router was trained to choose among (empty when it
             decodes stage by stage).
+        gate: the validation gate of :class:`~masr_graph.router.library.LibraryPolicy`
+            (``{task: {λ: None or library plan index}}``).
     """
 
     router: MasRouter
     vocab: NodeVocab
     trainer_state: Optional[dict[str, Any]]
     library: tuple[Plan, ...] = ()
+    gate: Optional[dict[str, dict[float, Optional[int]]]] = None
 
 
 def save_checkpoint(
@@ -52,6 +55,7 @@ def save_checkpoint(
     *,
     trainer_state: Optional[dict[str, Any]] = None,
     library: Sequence[Plan] = (),
+    gate: Optional[dict[str, dict[float, Optional[int]]]] = None,
 ) -> Path:
     """Write a checkpoint atomically (a crash never leaves a half-written file).
 
@@ -67,6 +71,7 @@ def save_checkpoint(
         "vocab": vocab.to_dict(),
         "trainer": trainer_state,
         "library": [plan.to_dict() for plan in library],
+        "gate": gate,
     }
     tmp = target.with_name(target.name + ".tmp")
     torch.save(payload, tmp)
@@ -112,4 +117,5 @@ def load_checkpoint(
         vocab=NodeVocab.from_dict(payload["vocab"]),
         trainer_state=payload["trainer"],
         library=tuple(Plan.from_dict(plan) for plan in payload.get("library", ())),
+        gate=payload.get("gate"),
     )

@@ -371,6 +371,53 @@ class MasRouter(nn.Module):
         return self._cascade(h, q, lam, vocab, forced, labels, greedy=greedy,
                              generator=generator, latent=latent)
 
+    def _prefix_stages(
+        self,
+        h: dict[str, Tensor],
+        q: Tensor,
+        vocab: NodeVocab,
+        forced: dict[str, Tensor],
+        labels: Tensor,
+        *,
+        greedy: bool,
+        generator: Optional[torch.Generator],
+        latent: Optional[Tensor],
+    ) -> "_Prefix":
+        """Stages 1-4 (task, mode, agent count, roles) for ``[B, H]`` query states."""
+        batch = q.size(0)
+        if latent is not None and latent.shape != (batch, self.config.latent_dim):
+            raise RoutingError(
+                f"latent must be [{batch}, {self.config.latent_dim}] (got {list(latent.shape)})"
+            )
+        static = self.static_graph(vocab)
+        forced_task = forced.get("task", torch.full((batch,), -1))
+        task_logits, task = self.task_classifier(
+            q, h["task"], forced=torch.where(labels >= 0, labels, forced_task),
+            greedy=greedy, generator=generator,
+        )
+        task_emb = h["task"][task.index]
+        mode_valid = torch.ones(len(vocab.modes), dtype=torch.bool)
+        mode = self.mode_selector(
+            q, task_emb, h["mode"], mode_valid, forced=forced.get("mode"), latent=latent,
+            greedy=greedy, generator=generator,
+        )
+        mode_index = mode.choice.index
+        mode_emb = h["mode"][mode_index]
+        k, count = self.agent_counter(
+            q, mode.latent, mode_emb,
+            static["mode"].min_agents[mode_index],
+            static["mode"].max_agents[mode_index].clamp_max(self.config.max_agents),
+            forced=forced.get("count"), greedy=greedy, generator=generator,
+        )
+        slots = int(k.max())
+        active = torch.arange(slots).unsqueeze(0) < k.unsqueeze(1)  # [B, S]
+        allowed = static["role"].task_index.unsqueeze(0) == task.index.unsqueeze(1)  # [B, R]
+        roles = self.role_allocator(
+            q, task_emb, mode_emb, mode.latent, h["role"], allowed, slots,
+            forced=_slots(forced.get("roles"), slots), greedy=greedy, generator=generator,
+        )
+        return _Prefix(task_logits, task, labels < 0, mode, mode_emb, k, count, active, roles)
+
     def _cascade(
         self,
         h: dict[str, Tensor],
@@ -385,62 +432,20 @@ class MasRouter(nn.Module):
         latent: Optional[Tensor],
     ) -> RouterOutput:
         """The five stages for ``[B, H]`` query states (rows may repeat a query)."""
-        batch = q.size(0)
-        if latent is not None and latent.shape != (batch, self.config.latent_dim):
-            raise RoutingError(
-                f"latent must be [{batch}, {self.config.latent_dim}] (got {list(latent.shape)})"
-            )
+        pre = self._prefix_stages(h, q, vocab, forced, labels, greedy=greedy,
+                                  generator=generator, latent=latent)
         static = self.static_graph(vocab)
-        forced_task = forced.get("task", torch.full((batch,), -1))
-        task_logits, task = self.task_classifier(
-            q, h["task"], forced=torch.where(labels >= 0, labels, forced_task),
-            greedy=greedy, generator=generator,
-        )
-        task_decided = labels < 0
-        task_emb = h["task"][task.index]
-
-        mode_valid = torch.ones(len(vocab.modes), dtype=torch.bool)
-        mode = self.mode_selector(
-            q, task_emb, h["mode"], mode_valid, forced=forced.get("mode"), latent=latent,
-            greedy=greedy, generator=generator,
-        )
-        mode_index = mode.choice.index
-        mode_emb = h["mode"][mode_index]
-        z = mode.latent
-
-        k, count = self.agent_counter(
-            q, z, mode_emb,
-            static["mode"].min_agents[mode_index],
-            static["mode"].max_agents[mode_index].clamp_max(self.config.max_agents),
-            forced=forced.get("count"), greedy=greedy, generator=generator,
-        )
-        slots = int(k.max())
-        active = torch.arange(slots).unsqueeze(0) < k.unsqueeze(1)  # [B, S]
-
-        allowed = static["role"].task_index.unsqueeze(0) == task.index.unsqueeze(1)  # [B, R]
-        roles = self.role_allocator(
-            q, task_emb, mode_emb, z, h["role"], allowed, slots,
-            forced=_slots(forced.get("roles"), slots), greedy=greedy, generator=generator,
-        )
+        task, mode, count, roles, active = pre.task, pre.mode, pre.count, pre.roles, pre.active
+        slots = active.size(1)
         llms = self.llm_router(
-            q, z, mode_emb, h["role"][roles.index], earlier_slots(slots), h["llm"],
+            q, mode.latent, pre.mode_emb, h["role"][roles.index], earlier_slots(slots), h["llm"],
             typical_call_cost(static["llm"].price).to(q.dtype), lam,
             forced=_slots(forced.get("llms"), slots), greedy=greedy, generator=generator,
         )
-
-        stage_log_probs = {
-            "task": task.log_prob * task_decided,
-            "mode": mode.choice.log_prob,
-            "count": count.log_prob,
-            "roles": (roles.log_prob * active).sum(1),
-            "llms": (llms.log_prob * active).sum(1),
-        }
-        entropy = (
-            task.entropy * task_decided + mode.choice.entropy + count.entropy
-            + (roles.entropy * active).sum(1) + (llms.entropy * active).sum(1)
-        )
+        stage_log_probs = {**pre.stage_log_probs(), "llms": (llms.log_prob * active).sum(1)}
+        entropy = pre.entropy() + (llms.entropy * active).sum(1)
         choices = {
-            "task": task.index, "mode": mode_index, "count": k,
+            "task": task.index, "mode": mode.choice.index, "count": pre.k,
             "roles": roles.index, "llms": llms.index,
         }
         decision_probs = {
@@ -453,14 +458,14 @@ class MasRouter(nn.Module):
             stage_log_probs=stage_log_probs,
             entropy=entropy,
             kl=mode.kl,
-            task_logits=task_logits,
-            latent=z,
+            task_logits=pre.task_logits,
+            latent=mode.latent,
             probs={
                 "task": task.probs, "mode": mode.choice.probs, "count": count.probs,
                 "roles": roles.probs, "llms": llms.probs,
             },
             choices=choices,
-            task_decided=task_decided,
+            task_decided=pre.task_decided,
         )
 
     def plan_log_probs(
@@ -493,20 +498,46 @@ class MasRouter(nn.Module):
         task_labels: Optional[Sequence[Optional[str]]] = None,
     ) -> tuple[Tensor, Tensor, Tensor]:
         """:meth:`plan_log_probs` with the per-query task logits ``[B, T]`` and latent KL
-        ``[B]`` of the same pass (what training on a library also needs)."""
+        ``[B]`` of the same pass (what training on a library also needs).
+
+        Plans sharing their task, mode, agent count and roles share stages 1-4, so those run
+        once per (query, distinct prefix) and only the LLM stage runs per (query, plan)."""
         if not library:
             raise RoutingError("a plan library needs at least one plan (got none)")
         h, q, lam = self.query_states(queries, vocab, cost_lambda)
         batch, size = q.size(0), len(library)
-        forced_one = _plan_indices(library, vocab, self.config.max_agents)
+        prefix_of: dict[tuple, int] = {}
+        prefix_plans: list[Plan] = []
+        for plan in library:
+            key = (plan.task, plan.mode, plan.k, plan.roles)
+            if key not in prefix_of:
+                prefix_of[key] = len(prefix_plans)
+                prefix_plans.append(plan)
+        which = torch.tensor([prefix_of[(p.task, p.mode, p.k, p.roles)] for p in library])
+        prefixes = len(prefix_plans)
+        forced_prefix = _plan_indices(prefix_plans, vocab, self.config.max_agents)
         forced = {key: value.repeat(batch, *([1] * (value.dim() - 1)))
-                  for key, value in forced_one.items()}
-        labels = _task_label_indices(task_labels, vocab, batch).repeat_interleave(size)
-        out = self._cascade(h, q.repeat_interleave(size, 0), lam.repeat_interleave(size),
-                            vocab, forced, labels, greedy=True, generator=None, latent=None)
-        return (out.log_prob.view(batch, size),
-                out.task_logits.view(batch, size, -1)[:, 0],
-                out.kl.view(batch, size)[:, 0])
+                  for key, value in forced_prefix.items() if key != "llms"}
+        labels = _task_label_indices(task_labels, vocab, batch).repeat_interleave(prefixes)
+        pre = self._prefix_stages(h, q.repeat_interleave(prefixes, 0), vocab, forced, labels,
+                                  greedy=True, generator=None, latent=None)
+        prefix_log_prob = sum(pre.stage_log_probs().values()).view(batch, prefixes)
+        rows = (torch.arange(batch).unsqueeze(1) * prefixes + which.unsqueeze(0)).reshape(-1)
+        static = self.static_graph(vocab)
+        slots = pre.active.size(1)
+        forced_llms = _plan_indices(library, vocab, self.config.max_agents)["llms"]
+        padded = torch.full((size, slots), -1, dtype=torch.long)
+        padded[:, : forced_llms.size(1)] = forced_llms[:, :slots]
+        llms = self.llm_router(
+            q.repeat_interleave(size, 0), pre.mode.latent[rows], pre.mode_emb[rows],
+            h["role"][pre.roles.index[rows]], earlier_slots(slots), h["llm"],
+            typical_call_cost(static["llm"].price).to(q.dtype), lam.repeat_interleave(size),
+            forced=padded.repeat(batch, 1), greedy=True,
+        )
+        llm_log_prob = (llms.log_prob * pre.active[rows]).sum(1).view(batch, size)
+        scores = prefix_log_prob.gather(1, which.unsqueeze(0).expand(batch, -1)) + llm_log_prob
+        return (scores, pre.task_logits.view(batch, prefixes, -1)[:, 0],
+                pre.mode.kl.view(batch, prefixes)[:, 0])
 
     @torch.no_grad()
     def route(
@@ -645,3 +676,30 @@ def _make_plans(
             )
         )
     return plans
+
+
+@dataclass
+class _Prefix:
+    """What stages 1-4 decided for a batch of rows (see :meth:`MasRouter._prefix_stages`)."""
+
+    task_logits: Tensor
+    task: Any
+    task_decided: Tensor
+    mode: Any
+    mode_emb: Tensor
+    k: Tensor
+    count: Any
+    active: Tensor
+    roles: Any
+
+    def stage_log_probs(self) -> dict[str, Tensor]:
+        return {
+            "task": self.task.log_prob * self.task_decided,
+            "mode": self.mode.choice.log_prob,
+            "count": self.count.log_prob,
+            "roles": (self.roles.log_prob * self.active).sum(1),
+        }
+
+    def entropy(self) -> Tensor:
+        return (self.task.entropy * self.task_decided + self.mode.choice.entropy
+                + self.count.entropy + (self.roles.entropy * self.active).sum(1))

@@ -46,9 +46,12 @@ class LibraryOutcomes:
         correct: ``[N, P]`` 1.0 where plan ``p`` solved query ``n``.
         cost: ``[N, P]`` $ plan ``p`` cost on query ``n`` (what the calls cost when first made).
         task_labels: the task name of each query (``None`` where unknown).
+        valid: ``[N, P]`` bool, False where plan ``p`` was not run on query ``n`` because it
+            serves another task (a library spanning tasks); ``None``: all valid.
 
     Raises:
-        ConfigError: shapes that do not match, or a negative or non-finite cost.
+        ConfigError: shapes that do not match, a negative or non-finite cost, or a query with
+            no valid plan.
     """
 
     plans: tuple[Plan, ...]
@@ -56,9 +59,14 @@ class LibraryOutcomes:
     correct: torch.Tensor
     cost: torch.Tensor
     task_labels: tuple[Optional[str], ...] = ()
+    valid: Optional[torch.Tensor] = None
 
     def __post_init__(self) -> None:
         shape = (len(self.queries), len(self.plans))
+        if self.valid is not None and (tuple(self.valid.shape) != shape
+                                       or not bool(self.valid.any(-1).all())):
+            raise ConfigError(f"LibraryOutcomes.valid must be a [{shape[0]}, {shape[1]}] mask "
+                              "with a valid plan for every query")
         for name in ("correct", "cost"):
             value = getattr(self, name)
             if tuple(value.shape) != shape:
@@ -70,16 +78,22 @@ class LibraryOutcomes:
             raise ConfigError(f"{len(self.task_labels)} task labels for {shape[0]} queries")
 
     def utility(self, cost_lambda: torch.Tensor) -> torch.Tensor:
-        """``[N, P]`` utility at ``[N]`` (or scalar) λ."""
+        """``[N, P]`` utility at ``[N]`` (or scalar) λ; ``-inf`` where the plan is not valid."""
         lam = torch.as_tensor(cost_lambda, dtype=self.cost.dtype).reshape(-1, 1)
-        return self.correct - lam * self.cost
+        utility = self.correct - lam * self.cost
+        return utility if self.valid is None else utility.masked_fill(~self.valid, -math.inf)
+
+    def mask(self, scores: torch.Tensor) -> torch.Tensor:
+        """``scores`` with ``-inf`` where the plan is not valid for the query."""
+        return scores if self.valid is None else scores.masked_fill(~self.valid, -math.inf)
 
     def subset(self, rows: Sequence[int]) -> "LibraryOutcomes":
         """The outcomes of the queries at ``rows``."""
         index = torch.as_tensor(list(rows), dtype=torch.long)
         labels = tuple(self.task_labels[i] for i in rows) if self.task_labels else ()
         return LibraryOutcomes(self.plans, tuple(self.queries[i] for i in rows),
-                               self.correct[index], self.cost[index], labels)
+                               self.correct[index], self.cost[index], labels,
+                               None if self.valid is None else self.valid[index])
 
     @property
     def executions(self) -> int:
@@ -167,8 +181,8 @@ def validation_utility(router: MasRouter, vocab: NodeVocab, outcomes: LibraryOut
     result = {}
     with torch.no_grad():
         for lam in lambdas:
-            scores = router.plan_log_probs(list(outcomes.queries), outcomes.plans, vocab,
-                                           cost_lambda=lam)
+            scores = outcomes.mask(router.plan_log_probs(list(outcomes.queries), outcomes.plans,
+                                                         vocab, cost_lambda=lam))
             chosen = scores.argmax(-1)
             utility = outcomes.utility(torch.tensor(lam)).gather(1, chosen.unsqueeze(1))
             result[float(lam)] = float(utility.mean())
@@ -210,16 +224,18 @@ class LibraryTrainer:
         scores, task_logits, kl = self.router.score_library(
             list(batch.queries), batch.plans, self.vocab, cost_lambda=lambdas,
             task_labels=labels)
+        scores = batch.mask(scores)
         weights = F.softmax(scores, -1)
         utility = batch.utility(lambdas)
-        expected = (weights * utility).sum(-1)
+        valid_utility = utility.masked_fill(torch.isinf(utility), 0.0)
+        expected = (weights * valid_utility).sum(-1)
         log_weights = F.log_softmax(scores, -1)
-        entropy = -(weights * log_weights).sum(-1)
+        entropy = -(weights * log_weights.masked_fill(torch.isinf(log_weights), 0.0)).sum(-1)
         if c.objective == "expected_utility":
             fit = -(expected + c.temperature * entropy).mean()
         else:
             target = F.softmax(utility / c.temperature, -1)
-            fit = -(target * log_weights).sum(-1).mean()
+            fit = -(target * log_weights.masked_fill(target == 0, 0.0)).sum(-1).mean()
         loss = fit + c.kl_weight * kl.mean()
         parts = {"expected_utility": float(expected.detach().mean()),
                  "entropy": float(entropy.detach().mean())}
@@ -273,3 +289,70 @@ class LibraryTrainer:
             self.best_step = c.steps
         self.router.eval()
         return self.history
+
+
+class LibraryPolicy:
+    """A trained router with its plan library and its validation gate: what routes a query.
+
+    Each query goes to its most probable library plan (which also settles its task, since every
+    plan serves one). Then, for that task and the λ of the request, the gate holds either
+    ``None`` — keep the router's choice — or the fixed library plan that beat the router on the
+    validation queries at that λ (model selection among the router and the constant policies:
+    where the query text carries no usable signal, the best a router can do is the best fixed
+    plan). A λ between the trained ones uses the gate of the nearest (on a ``log(1 + λ)``
+    scale).
+
+    Args:
+        router: the trained router.
+        vocab: the vocabulary to route over.
+        library: the candidate plans.
+        gate: ``{task: {λ: None or index of a library plan}}``; empty: always route.
+    """
+
+    def __init__(self, router: MasRouter, vocab: NodeVocab, library: Sequence[Plan],
+                 gate: Optional[dict[str, dict[float, Optional[int]]]] = None):
+        self.router, self.vocab = router, vocab
+        self.library = tuple(library)
+        self.gate = {task: dict(by_lambda) for task, by_lambda in (gate or {}).items()}
+        for task, by_lambda in self.gate.items():
+            for lam, index in by_lambda.items():
+                if index is not None and not (0 <= index < len(self.library)
+                                              and self.library[index].task == task):
+                    raise ConfigError(f"gate of {task} at λ={lam:g} names plan {index}, which "
+                                      f"is not a {task} plan of the {len(self.library)}-plan "
+                                      "library")
+
+    def fixed_plan(self, task: Optional[str], cost_lambda: float) -> Optional[Plan]:
+        """The gate's fixed plan for ``task`` at ``cost_lambda`` (``None``: keep the router's)."""
+        by_lambda = self.gate.get(task or "")
+        if not by_lambda:
+            return None
+        nearest = min(by_lambda, key=lambda lam: abs(math.log1p(lam) - math.log1p(cost_lambda)))
+        index = by_lambda[nearest]
+        return None if index is None else self.library[index]
+
+    def route(self, queries: Sequence[str], cost_lambda: float) -> list[Plan]:
+        """One plan per query at ``cost_lambda``."""
+        plans = self.router.route(list(queries), self.vocab, cost_lambda=cost_lambda,
+                                  library=self.library)
+        routed = []
+        for plan in plans:
+            fixed = self.fixed_plan(plan.task, cost_lambda)
+            routed.append(plan if fixed is None else fixed.with_probs(
+                {**plan.probs, "gate": "the fixed plan that beat the router on validation"}))
+        return routed
+
+
+def validation_gate(router: MasRouter, vocab: NodeVocab, train: LibraryOutcomes,
+                    validation: LibraryOutcomes, lambdas: Sequence[float]
+                    ) -> dict[float, Optional[int]]:
+    """Per λ, for a one-task library: ``None`` when the router's validation utility is at least
+    that of the library plan best on the training queries, else that plan's index (see
+    :class:`LibraryPolicy`)."""
+    routed = validation_utility(router, vocab, validation, lambdas)
+    gate: dict[float, Optional[int]] = {}
+    for lam in lambdas:
+        best = int(train.utility(torch.tensor(lam)).mean(0).argmax())
+        fixed = float(validation.utility(torch.tensor(lam))[:, best].mean())
+        gate[float(lam)] = None if routed[float(lam)] >= fixed else best
+    return gate
