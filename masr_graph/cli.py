@@ -1,15 +1,19 @@
-"""The ``masr`` command line: route queries, train and evaluate routers, serve one over HTTP.
+"""The ``masr`` command line: route queries, train and evaluate routers, serve one over HTTP,
+fetch and check the data.
 
-    masr route "What is 17 * 23?" --checkpoint router.pt          # print the chosen plan
-    masr train --checkpoint router.pt --benchmarks gsm8k mmlu --steps 200 --max-usd 5
-    masr eval --checkpoint router.pt --benchmarks gsm8k mmlu --max-test 200
+    masr route "What is 17 * 23?" --checkpoint router.pt --lam 100   # print the chosen plan
+    masr train --benchmark gsm8k --checkpoint router.pt --max-usd 5
+    masr eval --benchmark gsm8k --checkpoint router.pt --lam 10 100
     masr serve --checkpoint router.pt --port 8000 --api-key-env MASR_SERVER_KEY
+    masr data fetch --dest ~/masr-data && masr data check --data-dir ~/masr-data
 
-Every command runs on the offline recorded-outcome pool (``--replay``, the default) or on a pool
-YAML file of real OpenAI-compatible endpoints (``--pool FILE``). ``train`` and ``eval`` share the
-wiring of ``benchmarks/run_all.py`` (:mod:`masr_graph.benchmarks.experiment`) and an output
-directory (``--out``) holding the splits, the LLM response and score caches and the per-query
-traces, so reruns resume and repeated calls cost nothing.
+Every command runs on an offline recorded world (``--world zeroeval`` or ``llmrouter`` with
+``--pool``: a named pool such as ``paper5``, ``all`` or a comma-separated list of recorded LLMs)
+or on real OpenAI-compatible endpoints (``--pool FILE.yaml``). ``train`` and ``eval`` share the
+protocol of ``benchmarks/run_all.py`` (:mod:`masr_graph.benchmarks.experiment.protocol`: the same
+splits, plan library and training) and an output directory (``--out``) holding the splits, the
+plan library's outcomes, the LLM response and score caches and the per-query traces, so reruns
+resume and repeated calls cost nothing.
 
 Exit status (the same for ``benchmarks/run_all.py``, see masr_graph.exit_status): 0 done,
 1 an error (one line says what to fix), 2 bad command line, 3 stopped by the budget cap
@@ -52,16 +56,18 @@ UNKNOWN_OUTCOME_COSTS = ("worst_case", "prompt_only")  # masr_graph.llm.UNKNOWN_
 
 
 # ---------------------------------------------------------------------------------- arguments
-def _add_pool_options(parser: argparse.ArgumentParser, *, replay_help: str) -> None:
-    backend = parser.add_mutually_exclusive_group()
-    backend.add_argument("--replay", action="store_true", help=replay_help)
-    backend.add_argument("--pool", type=Path, metavar="FILE",
-                         help="pool YAML file of OpenAI-compatible endpoints (see "
-                              "masr_graph/configs/example_pool.yaml)")
+def _add_pool_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--world", choices=("zeroeval", "llmrouter"), default="zeroeval",
+                        help="recorded world of a recorded pool (default: zeroeval)")
+    parser.add_argument("--pool", default=None, metavar="POOL",
+                        help="a named recorded pool (paper5, mix, all), a comma-separated list "
+                             "of recorded LLMs, or a pool YAML file of real endpoints (see "
+                             "masr_graph/configs/example_pool.yaml); default: every LLM "
+                             "recorded on the task")
     parser.add_argument("--data-dir", type=Path, default=None,
                         help="data directory (default: $MASR_DATA_DIR, then ../shared/data)")
-    parser.add_argument("--rule", default="stubborn",
-                        help="replay collaboration rule (default: stubborn)")
+    parser.add_argument("--rule", default="calibrated",
+                        help="replay collaboration rule (default: calibrated)")
 
 
 def _add_budget_options(parser: argparse.ArgumentParser, *, cap_help: str) -> None:
@@ -74,11 +80,12 @@ def _add_budget_options(parser: argparse.ArgumentParser, *, cap_help: str) -> No
 
 
 def _add_experiment_options(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--benchmarks", nargs="+", default=None, metavar="NAME",
-                        help="benchmarks to use (default: gsm8k math humaneval mbpp mmlu)")
+    parser.add_argument("--benchmark", required=True, metavar="TASK",
+                        help="the task (gsm8k, math, humaneval, mbpp, mmlu; the ZeroEval world "
+                             "records gsm8k and math)")
     parser.add_argument("--split-seed", type=int, default=0,
-                        help="seed of the train/test splits; train and eval must use the same "
-                             "(default: 0)")
+                        help="seed of the train / validation / test split; train and eval must "
+                             "use the same (default: 0)")
     _add_budget_options(parser, cap_help="budget cap in $ for this invocation; the call that "
                                          "would exceed it is not made")
     parser.add_argument("--fail-fast-after", type=non_negative_int, default=FAIL_FAST_AFTER,
@@ -87,6 +94,12 @@ def _add_experiment_options(parser: argparse.ArgumentParser) -> None:
                              f"(default: {FAIL_FAST_AFTER}; 0: never)")
     parser.add_argument("--out", type=Path, default=DEFAULT_OUT,
                         help=f"output directory: splits, caches, traces (default: {DEFAULT_OUT})")
+    parser.add_argument("--max-train", type=positive_int, default=None,
+                        help="cap on training queries (default: all of the split)")
+    parser.add_argument("--max-validation", type=positive_int, default=None,
+                        help="cap on validation queries (default: all of the split)")
+    parser.add_argument("--max-test", type=positive_int, default=None,
+                        help="cap on test queries (default: all of the split)")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -98,54 +111,61 @@ def build_parser() -> argparse.ArgumentParser:
 
     route = commands.add_parser(
         "route", help="print the plan a trained router chooses for queries",
-        description="Print the multi-agent system a trained router chooses for each query: task, "
-                    "collaboration mode, number of agents, each agent's role and LLM, and the "
-                    "probability of every decision. Nothing is executed.")
+        description="Print the multi-agent system a trained router chooses for each query at a "
+                    "cost preference: task, collaboration mode, agents' roles and LLMs, with "
+                    "their probabilities. Nothing is executed.")
     route.add_argument("queries", nargs="+", metavar="QUERY", help="query text(s)")
     route.add_argument("--checkpoint", type=Path, required=True, help="router checkpoint (.pt)")
-    _add_pool_options(route, replay_help="route over the replay pool's LLMs (default: the LLMs "
-                                         "the checkpoint was trained on)")
-    route.add_argument("--sample", action="store_true",
-                       help="sample a plan instead of taking the most probable one")
-    route.add_argument("--seed", type=int, default=0, help="seed for --sample (default: 0)")
+    route.add_argument("--lam", type=non_negative_float, default=100.0,
+                       help="cost preference λ, utility per $ (default: 100)")
     route.add_argument("--json", action="store_true", help="print JSON instead of a table")
 
     train = commands.add_parser(
-        "train", help="train a router by policy gradient on utility - λ·cost",
-        description="Train a router on the train split of the benchmarks (one router for all of "
-                    "them) and checkpoint it. An existing --checkpoint is resumed exactly to "
-                    "--steps total steps.")
+        "train", help="train a router on a benchmark's training queries",
+        description="Run the plan library on the training and validation queries of the "
+                    "benchmark (stored: a rerun makes only the missing calls), train a router on "
+                    "those outcomes with λ as an input, choose its weights and gate on "
+                    "validation, and write the checkpoint (with its library and gate).")
     train.add_argument("--checkpoint", type=Path, required=True,
-                       help="checkpoint to write (resumed when it exists)")
-    train.add_argument("--init-from", type=Path, default=None, metavar="CHECKPOINT",
-                       help="start from this checkpoint's router weights with a fresh optimizer")
-    _add_pool_options(train, replay_help="offline recorded-outcome pool (default)")
+                       help="checkpoint to write (an existing one is reported, not retrained)")
+    _add_pool_options(train)
     _add_experiment_options(train)
-    train.add_argument("--steps", type=non_negative_int, default=200,
-                       help="total training steps (default: 200)")
-    train.add_argument("--batch-size", type=positive_int, default=32,
-                       help="queries per step (default: 32)")
-    train.add_argument("--lam", type=non_negative_float, default=100.0,
-                       help="cost penalty λ in utility per $ (default: 100)")
+    train.add_argument("--steps", type=positive_int, default=300,
+                       help="optimisation steps (default: 300)")
+    train.add_argument("--lambdas", nargs="+", type=non_negative_float,
+                       default=[0.0, 10.0, 100.0, 1000.0, 10000.0],
+                       help="the λ values the router learns (default: 0 10 100 1000 10000)")
     train.add_argument("--seed", type=int, default=0, help="training seed (default: 0)")
-    train.add_argument("--max-train", type=positive_int, default=None,
-                       help="cap on training queries per benchmark (default: all)")
-    train.add_argument("--checkpoint-every", type=positive_int, default=1,
-                       help="save every that many steps (default: 1, so a budget stop loses no "
-                            "finished step)")
 
     evaluate = commands.add_parser(
-        "eval", help="evaluate a router on the test split",
-        description="Run the router's plans on the test split of the benchmarks, score them and "
-                    "print accuracy (bootstrap 95 % CI) and cost. Per-query traces go to "
-                    "OUT/traces; a rerun resumes.")
+        "eval", help="evaluate a router on a benchmark's test queries",
+        description="Run the router's plans on the test split at each --lam, score them and "
+                    "print utility and accuracy (bootstrap 95 % CIs) and cost. Per-query traces "
+                    "go to OUT/traces; a rerun resumes.")
     evaluate.add_argument("--checkpoint", type=Path, required=True, help="router checkpoint (.pt)")
-    _add_pool_options(evaluate, replay_help="offline recorded-outcome pool (default)")
+    _add_pool_options(evaluate)
     _add_experiment_options(evaluate)
-    evaluate.add_argument("--max-test", type=positive_int, default=None,
-                          help="cap on test queries per benchmark (default: all)")
+    evaluate.add_argument("--lam", nargs="+", type=non_negative_float, default=[100.0],
+                          help="cost preferences λ to evaluate at (default: 100)")
     evaluate.add_argument("--name", default=None,
                           help="method name in results (default: MasRouter [<checkpoint>@<sha>])")
+
+    data = commands.add_parser(
+        "data", help="fetch the data sets from their public sources, or check a data directory",
+        description="fetch: download every data set the project uses from its public source at "
+                    "a pinned commit, verify its sha256 against the packaged manifest and lay it "
+                    "out as the project expects. check: report what a data directory holds.")
+    data_commands = data.add_subparsers(dest="data_command", required=True, metavar="ACTION")
+    fetch = data_commands.add_parser("fetch", help="download, verify and lay out the data")
+    fetch.add_argument("--dest", type=Path, required=True, help="the data directory to fill")
+    fetch.add_argument("--only", nargs="+", default=None, metavar="SET",
+                       help="only these data sets (default: all; see `masr data check`)")
+    fetch.add_argument("--base-url", default=None,
+                       help="where {repository}/{commit}/{path} are served (default: "
+                            "https://raw.githubusercontent.com)")
+    check = data_commands.add_parser("check", help="report what a data directory holds")
+    check.add_argument("--data-dir", type=Path, default=None,
+                       help="data directory (default: $MASR_DATA_DIR, then ../shared/data)")
 
     serve = commands.add_parser(
         "serve", help="serve the router as an OpenAI-compatible HTTP API (model 'masr')",
@@ -154,8 +174,12 @@ def build_parser() -> argparse.ArgumentParser:
                     "the decision node's output; usage is summed over all agents and the plan is "
                     "in the 'masr_plan' response field.")
     serve.add_argument("--checkpoint", type=Path, required=True, help="router checkpoint (.pt)")
-    _add_pool_options(serve, replay_help="offline recorded-outcome pool (default); it answers "
-                                         "only recorded queries")
+    _add_pool_options(serve)
+    serve.add_argument("--task", default=None,
+                       help="the task whose recorded pool to serve (default: the checkpoint's)")
+    serve.add_argument("--lam", type=non_negative_float, default=100.0,
+                       help="default cost preference λ; a request's 'masr_cost_lambda' field or a "
+                            "model name 'masr-lambda-<λ>' overrides it (default: 100)")
     serve.add_argument("--host", default="127.0.0.1", help="address to bind (default: 127.0.0.1)")
     serve.add_argument("--port", type=non_negative_int, default=8000,
                        help="port to bind; 0 picks a free one (default: 8000)")
@@ -181,17 +205,6 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 # ----------------------------------------------------------------------------------- helpers
-def _benchmarks(requested: Optional[Sequence[str]]) -> list[str]:
-    from .benchmarks.experiment import REPLAY_BENCHMARKS
-    from .benchmarks.tasks.registry import benchmark_names
-
-    names = list(requested or REPLAY_BENCHMARKS)
-    unknown = sorted(set(names) - set(benchmark_names()))
-    if unknown:
-        raise ConfigError(f"unknown benchmark(s) {unknown}; choose from {benchmark_names()}")
-    return names
-
-
 def _checkpoint_label(path: Path) -> str:
     """``MasRouter [<name>@<sha256 prefix>]``: results of different weights never share a key
     in the result store, so re-evaluating a retrained checkpoint does not resume stale rows."""
@@ -203,15 +216,14 @@ def _checkpoint_label(path: Path) -> str:
 
 def _format_plan(query: str, plan: "Plan") -> str:
     probs = plan.probs
-    lines = [f"query: {query}",
-             f"  task    {plan.task:<28} p={probs.get('task', float('nan')):.3f}",
-             f"  mode    {plan.mode:<28} p={probs.get('mode', float('nan')):.3f}",
-             f"  agents  {plan.k:<28} p={probs.get('k', float('nan')):.3f}"]
-    role_p = probs.get("roles", [float("nan")] * plan.k)
-    llm_p = probs.get("llms", [float("nan")] * plan.k)
+    lines = [f"query: {query}", f"  task    {plan.task}", f"  mode    {plan.mode}",
+             f"  agents  {plan.k}"]
     for slot, (role, llm) in enumerate(zip(plan.roles, plan.llms)):
-        lines.append(f"  agent {slot}: role {role} (p={role_p[slot]:.3f}), "
-                     f"LLM {llm} (p={llm_p[slot]:.3f})")
+        lines.append(f"  agent {slot}: role {role}, LLM {llm}")
+    if "plan" in probs:
+        lines.append(f"  probability of this plan among the library's: {probs['plan']:.3f}")
+    if "gate" in probs:
+        lines.append(f"  ({probs['gate']})")
     return "\n".join(lines)
 
 
@@ -237,21 +249,42 @@ def _read_api_key(env_var: Optional[str]) -> Optional[str]:
     return value.strip()
 
 
+def _pair_run(args: argparse.Namespace, **settings: Any) -> Any:
+    """The protocol's :class:`PairRun` of the command's world, pool and benchmark."""
+    from .benchmarks.experiment.protocol import ENDPOINTS, Pair, PairRun, ProtocolSettings
+    from .benchmarks.experiment.wiring import is_pool_file
+    from .router import TextEncoder
+
+    world = ENDPOINTS if is_pool_file(args.pool) else args.world
+    pair = Pair(world, args.pool or "all", args.benchmark)
+    protocol = ProtocolSettings(split_seed=args.split_seed, max_train=args.max_train,
+                                max_validation=args.max_validation, max_test=args.max_test,
+                                rule=args.rule, **settings)
+    encoder = TextEncoder(cache_path=args.out / "embeddings.pt")
+    return PairRun(pair, protocol, args.out, encoder, args.data_dir)
+
+
+def load_policy(checkpoint: Path) -> Any:
+    """The :class:`~masr_graph.router.library.LibraryPolicy` of a checkpoint (its own
+    vocabulary, library and gate).
+
+    Raises:
+        ConfigError: unreadable checkpoint, or one without a plan library.
+    """
+    from .router import TextEncoder, load_checkpoint
+    from .router.library import LibraryPolicy
+
+    loaded = load_checkpoint(checkpoint, encoder=TextEncoder())
+    if not loaded.library:
+        raise ConfigError(f"checkpoint {checkpoint} holds no plan library; train it with "
+                          "`masr train` (or benchmarks/run_all.py)")
+    return LibraryPolicy(loaded.router, loaded.vocab, loaded.library, loaded.gate)
+
+
 # ---------------------------------------------------------------------------------- commands
 def _route(args: argparse.Namespace) -> int:
-    from .benchmarks.experiment import pool_specs, vocab_for_pool
-    from .router import TextEncoder, load_checkpoint
-
-    import torch
-
-    checkpoint = load_checkpoint(args.checkpoint, encoder=TextEncoder())
-    vocab = checkpoint.vocab
-    if args.pool is not None or args.replay:
-        specs, _ = pool_specs(args.pool, data_dir=args.data_dir, rule=args.rule)
-        vocab = vocab_for_pool(checkpoint.vocab, specs)
-    generator = torch.Generator().manual_seed(args.seed) if args.sample else None
-    plans = checkpoint.router.route(args.queries, vocab, greedy=not args.sample,
-                                    generator=generator)
+    policy = load_policy(args.checkpoint)
+    plans = policy.route(list(args.queries), args.lam)
     if args.json:
         print(json.dumps([{"query": q, "plan": p.to_dict()} for q, p in zip(args.queries, plans)],
                          indent=2))
@@ -261,120 +294,74 @@ def _route(args: argparse.Namespace) -> int:
 
 
 async def _train(args: argparse.Namespace) -> int:
-    from .benchmarks.experiment import (
-        fit_trainer,
-        load_examples,
-        make_trainer,
-        open_runtime,
-        pool_specs,
-    )
+    from .benchmarks.experiment import open_runtime
     from .llm import notional_note
-    from .router import TextEncoder, TrainerConfig
 
-    benchmarks = _benchmarks(args.benchmarks)
-    specs, _ = pool_specs(args.pool, data_dir=args.data_dir, rule=args.rule)
-    data = load_examples(benchmarks, replay=args.pool is None, splits_dir=args.out / "splits",
-                         data_dir=args.data_dir, split_seed=args.split_seed,
-                         max_train=args.max_train, max_test=0, used_ids_name="train_ids")
-    train = [example for name in benchmarks for example in data[name][0]]
-    requested = TrainerConfig(cost_lambda=args.lam, batch_size=args.batch_size, seed=args.seed)
-    print(f"training on {len(train)} queries of {', '.join(benchmarks)} over {len(specs)} LLMs "
-          f"(λ={args.lam:g}, batch {args.batch_size}, seed {args.seed})", file=sys.stderr)
-    encoder = TextEncoder(cache_path=args.out / "embeddings.pt")
-    stopped: Optional[BudgetExceeded] = None
-    async with open_runtime(specs, args.out, run_id=_run_id("masr-train"),
-                            **_runtime_options(args)) as runtime:
-        trainer = make_trainer(specs, runtime.pipeline, args.checkpoint, encoder=encoder,
-                               config=requested, init_from=args.init_from)
-        for field in ("cost_lambda", "batch_size", "seed"):
-            stored, wanted = getattr(trainer.config, field), getattr(requested, field)
-            if stored != wanted:
-                raise ConfigError(
-                    f"checkpoint {args.checkpoint} was trained with {field}={stored!r}, not "
-                    f"{wanted!r}; resume with the same setting or write to another --checkpoint")
-        history = []
+    if args.checkpoint.exists():
+        print(f"{args.checkpoint} exists; it is reported, not retrained (write to another "
+              "--checkpoint to train again)", file=sys.stderr)
+    run = _pair_run(args, lambdas=tuple(args.lambdas), seeds=(args.seed,),
+                    router_steps=args.steps)
+    print(f"training on {len(run.data.train)} {args.benchmark} queries (validation "
+          f"{len(run.data.validation)}) over {len(run.specs)} LLMs, λ in {args.lambdas}",
+          file=sys.stderr)
+    async with open_runtime(run.specs, args.out, run_id=_run_id("masr-train"),
+                            max_tokens=run.max_tokens, **_runtime_options(args)) as runtime:
         try:
-            history = await fit_trainer(trainer, train, steps=args.steps,
-                                        checkpoint=args.checkpoint,
-                                        checkpoint_every=args.checkpoint_every)
+            executed = await run.prepare(runtime.pipeline)
         except BudgetExceeded as stop:
-            stopped = stop
+            raise BudgetStop(stop, kept=f"the plan library's executions finished before it are "
+                                        f"stored under {run.out}") from None
         finally:
-            encoder.save_cache()
-    note = notional_note(specs)
-    if history:
-        last = history[-min(10, len(history)):]
-        mean = lambda name: sum(getattr(s, name) for s in last) / len(last)  # noqa: E731
-        print(f"trained to step {trainer.step_count}; last {len(last)} steps: reward "
-              f"{mean('reward'):.3f}, utility {mean('utility'):.3f}, "
-              f"${mean('cost_usd'):.2e} per query{f' ({note})' if note else ''}, "
-              f"{mean('mean_agents'):.2f} agents")
-    elif stopped is None:
-        print(f"{args.checkpoint} is already at step {trainer.step_count} (--steps {args.steps})")
-    print(f"checkpoint: {args.checkpoint}; {_spent(runtime)}")
-    if stopped is not None:
-        raise BudgetStop(stopped, kept=f"{args.checkpoint} holds the {trainer.step_count} steps "
-                                       "finished before it")
+            run.encoder.save_cache()
+        policy = run.router(args.seed, checkpoint=args.checkpoint)
+        run.encoder.save_cache()
+    note = notional_note(run.specs)
+    gate = policy.gate.get(run.domain, {})
+    print(f"plan library: {len(run.library)} plans, {executed} executions now; checkpoint "
+          f"{args.checkpoint}")
+    for lam in sorted(gate):
+        fixed = policy.fixed_plan(run.domain, lam)
+        print(f"  λ={lam:g}: " + ("routes per query" if fixed is None else
+                                  f"fixed plan (it beat the router on validation): {fixed.mode} "
+                                  f"{list(fixed.llms)}"))
+    print(f"{_spent(runtime)}{f' ({note})' if note and note not in _spent(runtime) else ''}")
     return 0
 
 
 async def _eval(args: argparse.Namespace) -> int:
     label = args.name or _checkpoint_label(args.checkpoint)  # before the slow imports: fail fast
-    from .benchmarks.experiment import (
-        RoutedMethod,
-        evaluate_method,
-        load_examples,
-        open_runtime,
-        pool_specs,
-        vocab_for_pool,
-    )
-    from .benchmarks.reporting.results import RunStore, results_markdown, summarise, write_results_json
-    from .llm import notional_note
-    from .router import TextEncoder, load_checkpoint
+    import numpy as np
 
-    benchmarks = _benchmarks(args.benchmarks)
-    specs, backend = pool_specs(args.pool, data_dir=args.data_dir, rule=args.rule)
-    encoder = TextEncoder(cache_path=args.out / "embeddings.pt")
-    checkpoint = load_checkpoint(args.checkpoint, encoder=encoder)
-    method = RoutedMethod(label, checkpoint.router, vocab_for_pool(checkpoint.vocab, specs))
-    data = load_examples(benchmarks, replay=args.pool is None, splits_dir=args.out / "splits",
-                         data_dir=args.data_dir, split_seed=args.split_seed, max_train=0,
-                         max_test=args.max_test, used_ids_name="eval_ids")
-    store = RunStore(args.out)
-    summaries = []
+    from .benchmarks.experiment import RoutedMethod, evaluate_method, open_runtime
+    from .benchmarks.reporting.fronts import utility_with_ci
+
+    policy = load_policy(args.checkpoint)
+    run = _pair_run(args)
+    test = run.data.test
     stopped: Optional[BudgetExceeded] = None
-    async with open_runtime(specs, args.out, run_id=_run_id("masr-eval"),
-                            **_runtime_options(args)) as runtime:
+    lines = [f"{label} on {run.pair.name}, {len(test)} test queries "
+             f"(utility [95 % CI] · accuracy · $ per query):"]
+    async with open_runtime(run.specs, args.out, run_id=_run_id("masr-eval"),
+                            max_tokens=run.max_tokens, **_runtime_options(args)) as runtime:
         try:
-            for name in benchmarks:
-                results = await evaluate_method(runtime.pipeline, store, name, method,
-                                                data[name][1])
-                summaries.append(summarise(results, group="MasRouter"))
+            for lam in args.lam:
+                method = RoutedMethod(f"{label} λ={lam:g}", policy, lam)
+                results = await evaluate_method(runtime.pipeline, run.store, run.pair.name,
+                                                method, test)
+                correct = np.array([r.correct for r in results])
+                cost = np.array([r.would_have_cost_usd for r in results])
+                mean, low, high = utility_with_ci(correct, cost, lam)
+                lines.append(f"  λ={lam:g}: {mean:.3f} [{low:.3f}, {high:.3f}] · "
+                             f"{np.mean(correct):.3f} · ${np.mean(cost):.2e}")
         except BudgetExceeded as stop:
             stopped = stop
         finally:
-            encoder.save_cache()
-    spending = runtime.spending()
-    meta = {
-        "checkpoint": str(args.checkpoint),
-        "backend": backend.get("backend"),
-        "collaboration rule": backend.get("collaboration_rule", "n/a (real LLMs)"),
-        "split seed": args.split_seed,
-        "status": "complete" if stopped is None else f"stopped by the budget cap: {stopped}",
-        "spent (this invocation, what the budget counted)": _spent(runtime),
-    }
-    if summaries:
-        stem = "eval-" + "".join(c if c.isalnum() or c in "-_." else "_" for c in label)
-        write_results_json(summaries, args.out / f"{stem}.json",
-                           {**meta, "spending": spending, "backend_info": backend})
-        markdown = results_markdown(summaries, meta, notional=notional_note(specs))
-        (args.out / f"{stem}.md").write_text(markdown, encoding="utf-8")
-        print(markdown)
-        print(f"wrote {args.out / stem}.json, .md and traces under {store.traces_dir}")
+            run.encoder.save_cache()
+    print("\n".join(lines))
+    print(_spent(runtime))
     if stopped is not None:
-        raise BudgetStop(stopped, kept=f"the benchmarks finished before it are in the eval "
-                                       f"tables; finished queries are stored under "
-                                       f"{store.traces_dir}")
+        raise BudgetStop(stopped, kept=f"finished queries are stored under {run.store.traces_dir}")
     return 0
 
 
@@ -383,13 +370,38 @@ async def _serve(args: argparse.Namespace) -> int:
     from .benchmarks.experiment import pool_specs
     from .serve import serve
 
-    specs, _ = pool_specs(args.pool, data_dir=args.data_dir, rule=args.rule)
-    await serve(args.checkpoint, specs, host=args.host, port=args.port, api_key=api_key,
+    policy = load_policy(args.checkpoint)
+    task = args.task or next(iter(policy.gate), None) or policy.library[0].task
+    benchmark = {"math": "gsm8k", "code": "humaneval", "knowledge": "mmlu"}.get(task, task)
+    specs, _ = pool_specs(args.pool, world=args.world, task=benchmark, data_dir=args.data_dir,
+                          rule=args.rule)
+    await serve(policy, specs, host=args.host, port=args.port, api_key=api_key,
                 max_usd=args.max_usd, unknown_outcome_cost=args.unknown_outcome_cost,
                 cache_path=args.cache, seed=args.seed, max_tokens=args.max_tokens,
                 temperature=args.temperature, max_concurrent_runs=args.max_concurrent_runs,
-                max_body_bytes=args.max_body_mb * 2**20,
+                max_body_bytes=args.max_body_mb * 2**20, cost_lambda=args.lam,
                 ready=lambda line: print(line, flush=True))
+    return 0
+
+
+def _data(args: argparse.Namespace) -> int:
+    from .benchmarks.data.data_dir import resolve_data_dir
+    from .benchmarks.data.fetch import check_data, fetch_data
+
+    if args.data_command == "fetch":
+        written = fetch_data(args.dest, only=args.only, base_url=args.base_url, progress=print)
+        print(f"{len(written)} files verified and laid out under {args.dest}; "
+              f"export MASR_DATA_DIR={args.dest}")
+        return 0
+    root = resolve_data_dir(args.data_dir)
+    statuses = check_data(root)
+    for status in statuses:
+        print(status.line())
+    bad = [s.name for s in statuses if not s.ok]
+    if bad:
+        raise ConfigError(f"{root}: {', '.join(bad)} missing or not as published; run "
+                          f"`masr data fetch --dest {root}` (or --only {' '.join(bad)})")
+    print(f"{root}: every data set present and valid")
     return 0
 
 
@@ -404,7 +416,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     (:mod:`masr_graph.exit_status`; a bad command line exits with 2 from argparse)."""
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="masr: %(levelname)s %(name)s: %(message)s")
-    commands: dict[str, Any] = {"route": _route, "train": _train, "eval": _eval, "serve": _serve}
+    commands: dict[str, Any] = {"route": _route, "train": _train, "eval": _eval, "serve": _serve,
+                                "data": _data}
     return run_command(f"masr {args.command}", lambda: commands[args.command](args),
                        resumable=args.command in ("train", "eval"))
 

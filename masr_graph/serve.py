@@ -54,11 +54,10 @@ from typing import Any, Awaitable, Callable, Optional, Sequence
 
 from aiohttp import http_exceptions, web
 
-from .benchmarks.experiment import vocab_for_pool
 from .errors import BudgetExceeded, ConfigError, MasrError, UnknownQueryError
 from .llm import Budget, LLMPool, LLMSpec, ResponseCache, notional_note
 from .plan import Plan
-from .router import MasRouter, NodeVocab, TextEncoder, load_checkpoint
+from .router.library import LibraryPolicy
 from .runtime import MASExecutor, Trace
 from .runtime.decision import AnswerKey
 
@@ -80,7 +79,10 @@ MAX_JSON_DEPTH = 64
 DEFAULT_MAX_BODY_BYTES = 1 << 20
 """Largest request body accepted by default (1 MiB, aiohttp's own default)."""
 
-HONOURED_FIELDS = ("model", "messages", "stream", "n", "seed", "masr_include_trace")
+HONOURED_FIELDS = ("model", "messages", "stream", "n", "seed", "masr_include_trace",
+                   "masr_cost_lambda")
+LAMBDA_MODEL_PREFIX = f"{MODEL_ID}-lambda-"
+"""A model name ``masr-lambda-<λ>`` asks for the plans of that cost preference."""
 IGNORED_NUMBER_FIELDS = ("temperature", "top_p", "presence_penalty", "frequency_penalty")
 IGNORED_INT_FIELDS = ("max_tokens", "max_completion_tokens")
 IGNORED_OTHER_FIELDS = ("user", "metadata", "store")
@@ -123,96 +125,98 @@ class RouterBatcher:
     """Routes concurrently arriving queries in shared forward passes.
 
     A query waits while the router runs on the previous batch; all queries that gathered in the
-    meantime (up to ``max_batch``) then go through one greedy forward pass in a worker thread, so
-    the event loop keeps serving and an idle server adds no delay.
+    meantime (up to ``max_batch``, grouped by their cost preference) then go through one forward
+    pass in a worker thread, so the event loop keeps serving and an idle server adds no delay.
 
     Args:
-        router: the trained router.
-        vocab: the vocabulary to route over.
+        policy: the trained router with its library and gate
+            (:class:`~masr_graph.router.library.LibraryPolicy`).
         max_batch: most queries per forward pass.
     """
 
-    def __init__(self, router: MasRouter, vocab: NodeVocab, *, max_batch: int = 128):
+    def __init__(self, policy: LibraryPolicy, *, max_batch: int = 128):
         if max_batch < 1:
             raise ConfigError(f"max_batch must be >= 1 (got {max_batch})")
-        self.router = router
-        self.vocab = vocab
+        self.policy = policy
         self.max_batch = max_batch
         self.batches = 0
         """Forward passes run so far."""
         self.routed = 0
         """Queries routed so far."""
-        self._waiting: list[tuple[str, asyncio.Future[Plan]]] = []
+        self._waiting: list[tuple[str, float, asyncio.Future[Plan]]] = []
         self._worker: Optional[asyncio.Task[None]] = None
-        router.eval()
+        policy.router.eval()
 
-    async def route(self, query: str) -> Plan:
-        """The greedy plan for ``query``.
+    async def route(self, query: str, cost_lambda: float) -> Plan:
+        """The plan for ``query`` at ``cost_lambda``.
 
         Raises:
             RoutingError: the router cannot route it.
         """
         loop = asyncio.get_running_loop()
         future: asyncio.Future[Plan] = loop.create_future()
-        self._waiting.append((query, future))
+        self._waiting.append((query, cost_lambda, future))
         if self._worker is None or self._worker.done():
             self._worker = loop.create_task(self._drain())
         return await future
 
     async def _drain(self) -> None:
         while self._waiting:
-            batch = self._waiting[: self.max_batch]
-            del self._waiting[: self.max_batch]
-            queries = [query for query, _ in batch]
+            lam = self._waiting[0][1]
+            batch = [item for item in self._waiting if item[1] == lam][: self.max_batch]
+            chosen = {id(item) for item in batch}
+            self._waiting = [item for item in self._waiting if id(item) not in chosen]
+            queries = [query for query, _, _ in batch]
             try:
-                plans = await asyncio.to_thread(self.router.route, queries, self.vocab)
+                plans = await asyncio.to_thread(self.policy.route, queries, lam)
             except Exception as exc:  # every waiter gets the failure, the server carries on
-                for _, future in batch:
+                for _, _, future in batch:
                     if not future.done():
                         future.set_exception(exc)
                 continue
             self.batches += 1
             self.routed += len(batch)
-            for (_, future), plan in zip(batch, plans):
+            for (_, _, future), plan in zip(batch, plans):
                 if not future.done():  # the client may have gone away
                     future.set_result(plan)
 
 
 class MasService:
-    """What the server holds for its lifetime: router (behind a :class:`RouterBatcher`),
-    vocabulary and executor (with its pool).
+    """What the server holds for its lifetime: the trained policy (behind a
+    :class:`RouterBatcher`) and the executor (with its pool).
 
     Args:
-        router: the trained router.
-        vocab: the vocabulary over the executor's pool.
+        policy: the trained router with its library and gate.
         executor: runs the routed multi-agent systems.
         seed: default edge-sampling seed (a request's ``seed`` overrides it).
+        cost_lambda: default cost preference λ (a request's overrides it).
         max_concurrent_runs: most multi-agent runs executing at once; later requests queue.
         max_batch: most queries per router forward pass.
     """
 
     def __init__(
         self,
-        router: MasRouter,
-        vocab: NodeVocab,
+        policy: LibraryPolicy,
         executor: MASExecutor,
         *,
         seed: int = 0,
+        cost_lambda: float = 100.0,
         max_concurrent_runs: int = 64,
         max_batch: int = 128,
     ):
         if max_concurrent_runs < 1:
             raise ConfigError(f"max_concurrent_runs must be >= 1 (got {max_concurrent_runs})")
-        missing = sorted(set(vocab.names("llms")) - set(executor.pool.specs))
+        missing = sorted({llm for plan in policy.library for llm in plan.llms}
+                         - set(executor.pool.specs))
         if missing:
             raise ConfigError(
-                f"the vocabulary routes to LLMs {missing} that the pool lacks; the pool has "
+                f"the router's plans use LLMs {missing} that the pool lacks; the pool has "
                 f"{sorted(executor.pool.specs)}"
             )
-        self.batcher = RouterBatcher(router, vocab, max_batch=max_batch)
-        self.vocab = vocab
+        self.batcher = RouterBatcher(policy, max_batch=max_batch)
         self.executor = executor
         self.seed = seed
+        self.cost_lambda = cost_lambda
         self.notional = notional_note(executor.pool.specs.values())
         """Why the pool's $ figures are not money (``""`` when they are)."""
         self.created = int(time.time())
@@ -220,16 +224,19 @@ class MasService:
 
     async def warm_up(self) -> None:
         """Load the text encoder and build the vocabulary's graph before the first request."""
-        await self.batcher.route("warm-up query: what is 1 + 1?")
+        await self.batcher.route("warm-up query: what is 1 + 1?", self.cost_lambda)
 
-    async def complete(self, query: str, *, seed: Optional[int] = None) -> tuple[Plan, Trace]:
-        """Route ``query`` and run its multi-agent system.
+    async def complete(self, query: str, *, seed: Optional[int] = None,
+                       cost_lambda: Optional[float] = None) -> tuple[Plan, Trace]:
+        """Route ``query`` (at ``cost_lambda``, default the server's) and run its multi-agent
+        system.
 
         Raises:
             BudgetExceeded: the budget cap refused a call.
             UnknownQueryError: the replay pool has no recorded outcome for ``query``.
         """
-        plan = await self.batcher.route(query)
+        plan = await self.batcher.route(
+            query, self.cost_lambda if cost_lambda is None else cost_lambda)
         async with self._runs:
             trace = await self.executor.run(
                 query, plan, query_id=served_query_id(query), task=plan.task,
@@ -350,22 +357,22 @@ async def _models(request: web.Request) -> web.Response:
 
 async def _model(request: web.Request) -> web.Response:
     name = request.match_info["model"]
-    if name != MODEL_ID:
-        raise _model_not_found(name)
-    return web.json_response(_model_card(request.app[SERVICE]))
+    _model_lambda(name)  # 404 for a name this server does not serve
+    return web.json_response({**_model_card(request.app[SERVICE]), "id": name})
 
 
 def _model_not_found(name: str) -> _ApiError:
-    return _ApiError(404, f"The model {name!r} does not exist; this server serves {MODEL_ID!r}",
+    return _ApiError(404, f"The model {name!r} does not exist; this server serves {MODEL_ID!r} "
+                          f"(its default cost preference) and {LAMBDA_MODEL_PREFIX}<λ>",
                      param="model", code="model_not_found")
 
 
 async def _chat_completions(request: web.Request) -> web.Response:
     service = request.app[SERVICE]
     body = await _json_object(request)
-    query, seed, include_trace = _validated_request(body)
+    query, seed, include_trace, cost_lambda = _validated_request(body)
     try:
-        plan, trace = await service.complete(query, seed=seed)
+        plan, trace = await service.complete(query, seed=seed, cost_lambda=cost_lambda)
     except UnknownQueryError as exc:
         raise _ApiError(400, f"this server's pool cannot answer the query: {exc}",
                         param="messages", code="unknown_query") from None
@@ -381,7 +388,7 @@ async def _chat_completions(request: web.Request) -> web.Response:
         "id": f"chatcmpl-{uuid.uuid4().hex}",
         "object": "chat.completion",
         "created": int(time.time()),
-        "model": MODEL_ID,
+        "model": body["model"],
         "choices": [{
             "index": 0,
             "message": {"role": "assistant", "content": trace.final_answer},
@@ -476,9 +483,11 @@ def _json_problem(value: Any) -> str:
     return ""
 
 
-def _validated_request(body: dict[str, Any]) -> tuple[str, Optional[int], bool]:
-    """``(query, seed, include_trace)`` of a chat request, or the :class:`_ApiError` naming the
-    first problem."""
+def _validated_request(body: dict[str, Any]
+                       ) -> tuple[str, Optional[int], bool, Optional[float]]:
+    """``(query, seed, include_trace, cost_lambda)`` of a chat request, or the
+    :class:`_ApiError` naming the first problem. The cost preference comes from
+    ``masr_cost_lambda`` or a model name ``masr-lambda-<λ>`` (``None``: the server's)."""
     unknown = sorted(set(body) - set(_ALLOWED_FIELDS))
     if unknown:
         raise _ApiError(400, f"Unrecognized request argument(s) supplied: {', '.join(unknown)}; "
@@ -492,8 +501,15 @@ def _validated_request(body: dict[str, Any]) -> tuple[str, Optional[int], bool]:
     if not isinstance(model, str):
         raise _ApiError(400, f"'model' must be a string (got {model!r:.60})", param="model",
                         code="invalid_type")
-    if model != MODEL_ID:
-        raise _model_not_found(model)
+    cost_lambda = _model_lambda(model)
+    if "masr_cost_lambda" in body:
+        value = body["masr_cost_lambda"]
+        if (isinstance(value, bool) or not isinstance(value, (int, float))
+                or not math.isfinite(value) or value < 0):
+            raise _ApiError(400, f"'masr_cost_lambda' must be a finite number >= 0 (got "
+                                 f"{value!r:.60})", param="masr_cost_lambda",
+                            code="invalid_value")
+        cost_lambda = float(value)
     if body.get("stream"):
         raise _ApiError(400, "stream=true is not supported: the decision node's answer exists "
                              "only after every agent has run; send stream=false",
@@ -516,7 +532,22 @@ def _validated_request(body: dict[str, Any]) -> tuple[str, Optional[int], bool]:
     if not isinstance(include_trace, bool):
         raise _ApiError(400, f"'masr_include_trace' must be a boolean (got {include_trace!r:.60})",
                         param="masr_include_trace", code="invalid_type")
-    return _last_user_text(body["messages"]), body.get("seed"), include_trace
+    return _last_user_text(body["messages"]), body.get("seed"), include_trace, cost_lambda
+
+
+def _model_lambda(model: str) -> Optional[float]:
+    """The cost preference a model name asks for: ``None`` for :data:`MODEL_ID`, λ for
+    ``masr-lambda-<λ>``; any other name is a 404."""
+    if model == MODEL_ID:
+        return None
+    if model.startswith(LAMBDA_MODEL_PREFIX):
+        try:
+            value = float(model[len(LAMBDA_MODEL_PREFIX):])
+        except ValueError:
+            value = -1.0
+        if math.isfinite(value) and value >= 0:
+            return value
+    raise _model_not_found(model)
 
 
 def _last_user_text(messages: Any) -> str:
@@ -572,7 +603,7 @@ def callable_specs(specs: Sequence[LLMSpec], environ: Optional[dict[str, str]] =
 
 
 async def serve(
-    checkpoint: Path,
+    policy: LibraryPolicy,
     specs: Sequence[LLMSpec],
     *,
     host: str = "127.0.0.1",
@@ -582,6 +613,7 @@ async def serve(
     unknown_outcome_cost: str = "worst_case",
     cache_path: Optional[Path] = None,
     seed: int = 0,
+    cost_lambda: float = 100.0,
     max_tokens: int = 512,
     temperature: float = 0.0,
     max_concurrent_runs: int = 64,
@@ -589,18 +621,20 @@ async def serve(
     ready: Callable[[str], None] = print,
     stop: Optional[asyncio.Event] = None,
 ) -> None:
-    """Serve the router saved at ``checkpoint`` over the pool ``specs`` until ``stop`` is set
-    (default: until SIGINT or SIGTERM).
+    """Serve ``policy`` (a trained router with its plan library, see
+    :func:`masr_graph.cli.load_policy`) over the pool ``specs`` until ``stop`` is set (default:
+    until SIGINT or SIGTERM).
 
-    LLMs whose API key variable is unset are left out of the routing vocabulary (a warning
-    names them). The pool does not fail fast (``fail_fast_after=None``): a server outlives an
-    endpoint's outage, and each request it breaks is answered 502 on its own. ``ready``
-    receives one line with the bound address once the server accepts connections (``port=0``
-    picks a free port). ``unknown_outcome_cost`` is the pool's policy for attempts of unknown
-    outcome; ``max_body_bytes`` the largest request body (larger: 413).
+    Plans that need an LLM whose API key variable is unset are left out of the library (a
+    warning names the LLMs). The pool does not fail fast (``fail_fast_after=None``): a server
+    outlives an endpoint's outage, and each request it breaks is answered 502 on its own.
+    ``cost_lambda`` is the cost preference of requests that name none. ``ready`` receives one
+    line with the bound address once the server accepts connections (``port=0`` picks a free
+    port). ``unknown_outcome_cost`` is the pool's policy for attempts of unknown outcome;
+    ``max_body_bytes`` the largest request body (larger: 413).
 
     Raises:
-        ConfigError: unreadable checkpoint, no callable LLM, or bad settings.
+        ConfigError: no callable LLM, no plan left over the callable ones, or bad settings.
     """
     usable, keyless = callable_specs(specs)
     if keyless:
@@ -609,8 +643,7 @@ async def serve(
     if not usable:
         raise ConfigError(f"no LLM of the pool can be called: set the API key variables "
                           f"{sorted({s.api_key_env or '' for s in keyless})}")
-    trained = load_checkpoint(checkpoint, encoder=TextEncoder())
-    vocab = vocab_for_pool(trained.vocab, usable)
+    policy = policy.restricted_to([s.name for s in usable])
     cache = ResponseCache(cache_path) if cache_path is not None else None
     budget = Budget(max_usd) if max_usd is not None else None
     pool = LLMPool(usable, cache=cache, budget=budget, run_id=f"masr-serve-{int(time.time())}",
@@ -618,7 +651,7 @@ async def serve(
     try:
         executor = MASExecutor(pool, keep_messages=False, max_tokens=max_tokens,
                                temperature=temperature)
-        service = MasService(trained.router, vocab, executor, seed=seed,
+        service = MasService(policy, executor, seed=seed, cost_lambda=cost_lambda,
                              max_concurrent_runs=max_concurrent_runs)
         await service.warm_up()
         app = create_app(service, api_key=api_key, max_body_bytes=max_body_bytes)
@@ -631,7 +664,7 @@ async def serve(
             await site.start()
             bound_host, bound_port = runner.addresses[0][:2]
             ready(f"masr serve: listening on http://{bound_host}:{bound_port}/v1 (model "
-                  f"{MODEL_ID!r}, {len(vocab.llms)} LLMs, auth {'on' if api_key else 'off'})")
+                  f"{MODEL_ID!r}, {len(policy.library)} plans over {len(usable)} LLMs, λ={cost_lambda:g}, auth {'on' if api_key else 'off'})")
             if stop is None:
                 stop = asyncio.Event()
                 loop = asyncio.get_running_loop()

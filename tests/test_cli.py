@@ -1,6 +1,6 @@
 """The `masr` console script, run as a real subprocess: help on every command, `route` printing
-the plan the router chooses, a train → checkpoint → eval round trip on a handful of replay queries
-under a budget cap, the budget stop and bad input."""
+the plan the trained policy chooses at a cost preference, a train → checkpoint → eval round trip
+on a handful of recorded queries under a budget cap, the budget stop and bad input."""
 from __future__ import annotations
 
 import json
@@ -9,19 +9,21 @@ import re
 import shutil
 import subprocess
 import sys
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 import pytest
-import torch
 
-from masr_graph.benchmarks.experiment import DEFAULT_ROUTER_CONFIG, vocab_for_pool
+from masr_graph.cli import load_policy
 from masr_graph.replay import replay_specs
-from masr_graph.router import MasRouter, NodeVocab, load_checkpoint, save_checkpoint
+from masr_graph.router import load_checkpoint
 
-from router_support import shared_encoder
+from policies import library_checkpoint
 
 TIMEOUT_S = 600
+TEAM = "qwen2.5-7b-instruct,llama-3.1-8b-instruct,llama-3.1-nemotron-51b-instruct"
+"""Three LLMs of the LLMRouter world: a library small enough for a test (12 plans)."""
+PAIR_DIR = f"llmrouter-{TEAM.replace(',', '+')}-gsm8k"
 
 
 def masr(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
@@ -33,11 +35,14 @@ def masr(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedP
 
 
 @pytest.mark.parametrize("command, expected", [
-    ((), ["route", "train", "eval", "serve", "Exit status"]),
-    (("route",), ["QUERY", "--checkpoint", "--sample", "--json", "--pool", "--replay"]),
-    (("train",), ["--checkpoint", "--init-from", "--steps", "--lam", "--max-usd", "--out"]),
-    (("eval",), ["--checkpoint", "--max-test", "--max-usd", "--benchmarks", "--name"]),
-    (("serve",), ["--checkpoint", "--host", "--port", "--api-key-env", "--max-usd", "--pool"]),
+    ((), ["route", "train", "eval", "serve", "data", "Exit status"]),
+    (("route",), ["QUERY", "--checkpoint", "--lam", "--json"]),
+    (("train",), ["--checkpoint", "--world", "--pool", "--benchmark", "--lambdas", "--steps",
+                  "--max-usd", "--out"]),
+    (("eval",), ["--checkpoint", "--lam", "--max-test", "--max-usd", "--benchmark", "--name"]),
+    (("serve",), ["--checkpoint", "--lam", "--host", "--port", "--api-key-env", "--max-usd",
+                  "--pool"]),
+    (("data",), ["fetch", "check"]),
 ])
 def test_help_everywhere(command: tuple[str, ...], expected: list[str]) -> None:
     done = masr(*command, "--help")
@@ -47,81 +52,82 @@ def test_help_everywhere(command: tuple[str, ...], expected: list[str]) -> None:
         assert word in done.stdout
 
 
-def test_route_prints_the_routers_plan(tmp_path: Path) -> None:
-    torch.manual_seed(3)
-    path = save_checkpoint(tmp_path / "router.pt", MasRouter(DEFAULT_ROUTER_CONFIG),
-                           NodeVocab.from_registries(replay_specs()))
-    queries = ["What is 17 * 23?", "Write a Python function that reverses a linked list."]
-    done = masr("route", *queries, "--checkpoint", str(path))
-    assert done.returncode == 0, done.stderr
-    checkpoint = load_checkpoint(path, encoder=shared_encoder())
-    expected = checkpoint.router.route(queries, checkpoint.vocab)
-    blocks = done.stdout.strip().split("\n\n")
-    assert len(blocks) == 2
-    for block, query, plan in zip(blocks, queries, expected):
-        assert block.startswith(f"query: {query}")
-        assert re.search(rf"mode +{plan.mode} +p=0\.\d{{3}}", block)
-        assert re.search(rf"task +{plan.task} +p=", block)
-        assert re.search(rf"agents +{plan.k} +p=", block)
-        agents = re.findall(r"agent (\d): role (.+?) \(p=(0\.\d+)\), LLM (\S+) \(p=(0\.\d+)\)",
-                            block)
-        assert [(a[1], a[3]) for a in agents] == list(zip(plan.roles, plan.llms))
-        assert [float(a[4]) for a in agents] == pytest.approx(plan.probs["llms"], abs=1e-3)
+def test_route_prints_the_policys_plan_at_each_lambda(tmp_path: Path) -> None:
+    specs = replay_specs("llmrouter", TEAM, task="gsm8k")
+    # Gate: at λ=1000 the cheapest single (library plan 0) is fixed; at λ=0 the router routes.
+    path = library_checkpoint(tmp_path / "router.pt", specs, gate={"math": {0.0: None,
+                                                                            1000.0: 0}})
+    queries = ["What is 17 * 23?", "A train leaves at 3 pm at 60 mph; when has it gone 150 miles?"]
+    policy = load_policy(path)
+    for lam, gated in ((0.0, False), (1000.0, True)):
+        done = masr("route", *queries, "--checkpoint", str(path), "--lam", f"{lam:g}")
+        assert done.returncode == 0, done.stderr
+        expected = policy.route(queries, lam)
+        blocks = done.stdout.strip().split("\n\n")
+        assert len(blocks) == 2
+        for block, query, plan in zip(blocks, queries, expected):
+            assert block.startswith(f"query: {query}")
+            assert re.search(rf"mode +{plan.mode}\n", block)
+            assert re.search(rf"agents +{plan.k}\n", block)
+            agents = re.findall(r"agent (\d): role (.+?), LLM (\S+)", block)
+            assert [(a[1], a[2]) for a in agents] == list(zip(plan.roles, plan.llms))
+            assert ("fixed plan that beat the router" in block) == gated
+            if not gated:
+                shown = float(re.search(r"library's: (\d\.\d{3})", block).group(1))
+                assert shown == pytest.approx(plan.probs["plan"], abs=1e-3)
+    done = masr("route", queries[0], "--checkpoint", str(path), "--json")
+    [row] = json.loads(done.stdout)
+    assert row["query"] == queries[0] and row["plan"]["mode"] == policy.route(queries[:1],
+                                                                              100.0)[0].mode
 
 
 def test_train_checkpoint_eval_round_trip(tmp_path: Path) -> None:
     out, ckpt = tmp_path / "run", tmp_path / "router.pt"
-    done = masr("train", "--replay", "--checkpoint", str(ckpt), "--benchmarks", "gsm8k", "mmlu",
-                "--max-train", "6", "--steps", "2", "--batch-size", "4", "--max-usd", "0.5",
-                "--out", str(out))
+    train = ("train", "--world", "llmrouter", "--pool", TEAM, "--benchmark", "gsm8k",
+             "--checkpoint", str(ckpt), "--max-train", "12", "--max-validation", "6",
+             "--steps", "20", "--lambdas", "0", "1000", "--out", str(out))
+    done = masr(*train, "--max-usd", "0.5")
     assert done.returncode == 0, done.stderr
-    assert "trained to step 2" in done.stdout
-    state = load_checkpoint(ckpt).trainer_state
-    assert state is not None and state["step"] == 2 and state["config"]["batch_size"] == 4
-    spent = float(re.search(r"\$(\d+\.\d+) spent", done.stdout).group(1))
-    assert 0 < spent <= 0.5
-    # Replay prices are recorded list prices: the output says nothing was paid.
-    assert re.search(r"\$\S+ per query \(notional: replay pool", done.stdout)
+    assert re.search(r"plan library: 12 plans, 216 executions now", done.stdout)
+    assert re.search(r"λ=0: (routes per query|fixed plan)", done.stdout)
     assert re.search(r"\$\d+\.\d+ spent of the \$0\.500000 cap .*\[notional: replay pool: "
                      r"recorded list prices, nothing was paid\]", done.stdout)
+    loaded = load_checkpoint(ckpt)
+    assert len(loaded.library) == 12 and set(loaded.gate["math"]) == {0.0, 1000.0}
+    # The library's outcomes are stored: a second training run makes no LLM call.
+    again = masr(*train, "--checkpoint", str(tmp_path / "again.pt"))
+    assert again.returncode == 0, again.stderr
+    assert "12 plans, 0 executions now" in again.stdout
+    assert re.search(r"(?<!\d)0 LLM calls \(0 from cache", again.stdout)
 
-    done = masr("eval", "--checkpoint", str(ckpt), "--benchmarks", "gsm8k", "mmlu",
-                "--max-test", "5", "--max-usd", "0.5", "--out", str(out))
+    done = masr("eval", "--world", "llmrouter", "--pool", TEAM, "--benchmark", "gsm8k",
+                "--checkpoint", str(ckpt), "--max-test", "5", "--lam", "0", "1000",
+                "--max-usd", "0.5", "--out", str(out))
     assert done.returncode == 0, done.stderr
-    [results] = list(out.glob("eval-MasRouter*.json"))
-    rows = json.loads(results.read_text())["results"]
-    assert sorted(row["benchmark"] for row in rows) == ["gsm8k", "mmlu"]
-    assert all(row["n"] == 5 and 0.0 <= row["accuracy"] <= 1.0 for row in rows)
-    assert "| MasRouter [router@" in done.stdout
-    assert "| $ (notional) / query |" in done.stdout and "nothing was paid" in done.stdout
-    for benchmark in ("gsm8k", "mmlu"):
-        [traces] = list((out / "traces" / benchmark).glob("MasRouter*.jsonl"))
+    rows = re.findall(r"λ=(\d+): (\d\.\d{3}) \[(\d\.\d{3}), (\d\.\d{3})\] · (\d\.\d{3})",
+                      done.stdout)
+    assert [row[0] for row in rows] == ["0", "1000"]
+    assert all(float(low) <= float(mean) <= float(high) for _, mean, low, high, _ in rows)
+    assert "nothing was paid" in done.stdout
+    split = json.loads((out / PAIR_DIR / "split.json").read_text())
+    policy = load_policy(ckpt)
+    for lam in ("0", "1000"):
+        [traces] = list((out / "traces" / PAIR_DIR).glob(f"MasRouter*λ={lam}.jsonl"))
         lines = [json.loads(line) for line in traces.read_text().splitlines()]
         assert len(lines) == 5
-        train_ids = _ids(out / "splits" / f"{benchmark}.train_ids.txt", "train")
-        test_ids = {line["result"]["query_id"] for line in lines}
-        assert len(train_ids) == 6 and not train_ids & test_ids
-        # The checkpoint's router chose the evaluated plans (greedy, over the replay pool).
+        assert not {line["result"]["query_id"] for line in lines} & set(split["train_ids"])
+        # The checkpoint's policy chose the evaluated plans.
         first = lines[0]["trace"]
-        checkpoint = load_checkpoint(ckpt, encoder=shared_encoder())
-        [plan] = checkpoint.router.route([first["query"]],
-                                         vocab_for_pool(checkpoint.vocab, replay_specs()))
+        [plan] = policy.route([first["query"]], float(lam))
         assert (first["plan"]["mode"], first["plan"]["llms"]) == (plan.mode, list(plan.llms))
 
 
-def _ids(path: Path, part: str) -> set[str]:
-    lines = path.read_text().splitlines()
-    start = lines.index(f"# {part}") + 1
-    end = next((i for i in range(start, len(lines)) if lines[i].startswith("# ")), len(lines))
-    return set(lines[start:end])
-
-
 def test_budget_cap_stops_eval_with_status_3(tmp_path: Path) -> None:
-    torch.manual_seed(0)
-    path = save_checkpoint(tmp_path / "router.pt", MasRouter(DEFAULT_ROUTER_CONFIG),
-                           NodeVocab.from_registries(replay_specs()))
-    done = masr("eval", "--checkpoint", str(path), "--benchmarks", "gsm8k", "--max-test", "5",
-                "--max-usd", "0.000001", "--out", str(tmp_path / "run"))
+    path = library_checkpoint(tmp_path / "router.pt",
+                              replay_specs("llmrouter", TEAM, task="gsm8k"))
+    done = masr("eval", "--world", "llmrouter", "--pool", TEAM, "--benchmark", "gsm8k",
+                "--checkpoint", str(path), "--max-test", "5", "--max-usd", "0.000001",
+                "--out", str(tmp_path / "run"))
     assert done.returncode == 3, done.stderr
     assert "masr eval: stopped by the budget cap" in done.stderr
     assert done.stderr.rstrip().endswith("rerun with a higher --max-usd to continue.")
@@ -130,10 +136,14 @@ def test_budget_cap_stops_eval_with_status_3(tmp_path: Path) -> None:
 
 @pytest.mark.parametrize("args, status, message", [
     (("route", "What is 2+2?"), 2, "the following arguments are required: --checkpoint"),
-    (("train", "--checkpoint", "x.pt", "--steps", "-1"), 2, "must be an integer >= 0"),
+    (("train", "--checkpoint", "x.pt", "--benchmark", "gsm8k", "--steps", "0"), 2,
+     "must be an integer >= 1"),
     (("fly",), 2, "invalid choice: 'fly'"),
-    (("train", "--checkpoint", "x.pt", "--pool", "p.yaml", "--replay"), 2, "not allowed with"),
-    (("eval", "--checkpoint", "missing.pt"), 1, "checkpoint missing.pt does not exist"),
+    (("train", "--checkpoint", "x.pt", "--benchmark", "gsm8k", "--world", "moon"), 2,
+     "invalid choice: 'moon'"),
+    (("route", "2+2?", "--checkpoint", "x.pt", "--lam", "-1"), 2, "must be a finite number >= 0"),
+    (("eval", "--checkpoint", "missing.pt", "--benchmark", "gsm8k"), 1,
+     "checkpoint missing.pt does not exist"),
     (("serve", "--checkpoint", "x.pt", "--api-key-env", "MASR_TEST_NOT_SET"), 1,
      "'MASR_TEST_NOT_SET', but that environment variable is not set"),
 ])

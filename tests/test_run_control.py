@@ -26,8 +26,9 @@ from masr_graph.plan import Plan
 from masr_graph.runtime import MASExecutor
 
 TIMEOUT_S = 600
-TINY = ["--max-train", "4", "--max-test", "3", "--train-steps", "1", "--batch-size", "2",
-        "--no-baselines"]
+TINY = ["--quick", "--max-train", "4", "--max-validation", "2", "--max-test", "3",
+        "--router-steps", "2", "--lambdas", "0", "100", "--team-llms", "3"]
+"""A protocol run of a few queries: seconds per pair on a recorded world."""
 
 
 def masr(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
@@ -106,13 +107,14 @@ def test_cli_defaults_mirror_the_llm_layer():
 # ----------------------------------------------------------------------------- usage errors
 @pytest.mark.parametrize("flags", [("--max-usd", "-1"), ("--max-usd", "nan"),
                                    ("--max-usd", "inf"), ("--lambdas", "-5"),
-                                   ("--max-test", "0"), ("--train-steps", "-2")])
+                                   ("--max-test", "0"), ("--router-steps", "-2"),
+                                   ("--seeds", "x")])
 def test_run_all_bad_numbers_are_usage_errors(flags: tuple[str, str], tmp_path: Path, capsys):
     with pytest.raises(SystemExit) as info:
         run_all.main([*flags, "--out", str(tmp_path / "run"), *TINY])
     assert info.value.code == 2
     err = capsys.readouterr().err
-    assert err.splitlines()[-1].startswith(f"run_all.py: error: argument {flags[0]}: must be")
+    assert err.splitlines()[-1].startswith(f"run_all.py: error: argument {flags[0]}: ")
     assert "Traceback" not in err
 
 
@@ -121,8 +123,10 @@ def test_run_all_bad_numbers_are_usage_errors(flags: tuple[str, str], tmp_path: 
      "argument --max-usd: must be a finite number of dollars >= 0 (got -1)"),
     (("eval", "--checkpoint", "x.pt", "--max-usd", "nan"),
      "argument --max-usd: must be a finite number of dollars >= 0 (got nan)"),
-    (("train", "--checkpoint", "x.pt", "--lam", "inf"),
+    (("route", "q", "--checkpoint", "x.pt", "--lam", "inf"),
      "argument --lam: must be a finite number >= 0 (got inf)"),
+    (("train", "--checkpoint", "x.pt", "--benchmark", "gsm8k", "--lambdas", "0", "-3"),
+     "argument --lambdas: must be a finite number >= 0 (got -3)"),
     (("serve", "--checkpoint", "x.pt", "--temperature", "5"),
      "argument --temperature: must be a number in [0, 2] (got 5)"),
 ])
@@ -149,7 +153,7 @@ def test_run_all_missing_api_key_variable_is_one_line(tmp_path: Path, capsys, mo
     status = run_all.main(["--pool", str(pool), "--benchmarks", "gsm8k", "--out",
                            str(tmp_path / "run"), *TINY])
     assert status == 1
-    (line,) = error_lines(capsys.readouterr().err)
+    (line,) = [line for line in error_lines(capsys.readouterr().err) if not line.startswith("==")]
     assert line.startswith("run_all.py: error: LLM 'alpha' needs its API key in the environment "
                            "variable 'MASR_TEST_NO_SUCH_KEY'")
 
@@ -222,15 +226,15 @@ def _item(plan: Plan, index: int) -> Any:
 def test_masr_train_on_a_refusing_endpoint_exits_1_without_a_training_step(tmp_path: Path):
     checkpoint = tmp_path / "router.pt"
     pool = pool_file(tmp_path / "pool.yaml", closed_port_url())
-    done = masr("train", "--pool", str(pool), "--checkpoint", str(checkpoint), "--benchmarks",
-                "gsm8k", "--max-train", "4", "--steps", "3", "--batch-size", "2", "--out",
+    done = masr("train", "--pool", str(pool), "--checkpoint", str(checkpoint), "--benchmark",
+                "gsm8k", "--max-train", "4", "--max-validation", "2", "--steps", "3", "--out",
                 str(tmp_path / "run"))
     assert done.returncode == 1, done.stdout + done.stderr
     (line,) = [line for line in error_lines(done.stderr) if not line.startswith("training on")]
     assert line.startswith("masr train: error: LLM ") and "unavailable" in line
     assert "Connection" in line and "Traceback" not in done.stderr
-    assert "trained to step" not in done.stdout
-    assert not checkpoint.exists()  # no step was counted, so none was saved
+    assert "plan library" not in done.stdout
+    assert not checkpoint.exists()  # nothing was trained, so nothing was saved
 
 
 def test_run_all_on_a_refusing_endpoint_exits_1_with_one_line(tmp_path: Path, capsys):
@@ -238,18 +242,18 @@ def test_run_all_on_a_refusing_endpoint_exits_1_with_one_line(tmp_path: Path, ca
     out = tmp_path / "run"
     status = run_all.main(["--pool", str(pool), "--benchmarks", "gsm8k", "--out", str(out), *TINY])
     assert status == 1
-    (line,) = error_lines(capsys.readouterr().err)
+    (line,) = [line for line in error_lines(capsys.readouterr().err) if not line.startswith("==")]
     assert line.startswith("run_all.py: error: LLM 'alpha' at http://127.0.0.1:")
     assert "unavailable" in line and "ConnectionRefusedError" in line
-    assert not list(out.glob("checkpoints/*.pt"))
-    assert "stopped before the end" in (out / "results.md").read_text()
+    assert not list(out.glob("*/masrouter-seed*.pt"))
+    assert "- **status**: stopped before the end: LLM 'alpha'" in (out / "results.md").read_text()
 
 
 # ----------------------------------------------------------------- budget stop and interrupt
 def test_run_all_budget_stop_exits_3_and_writes_results(tmp_path: Path, capsys):
     out = tmp_path / "run"
-    status = run_all.main(["--benchmarks", "gsm8k", "--out", str(out), "--max-usd", "0.000001",
-                           *TINY])
+    status = run_all.main(["--world", "llmrouter", "--benchmarks", "gsm8k", "--out", str(out),
+                           "--max-usd", "0.000001", *TINY])
     assert status == 3
     err = error_lines(capsys.readouterr().err)
     assert err[0].startswith("run_all.py: stopped by the budget cap: budget cap $0.000001")
@@ -258,40 +262,59 @@ def test_run_all_budget_stop_exits_3_and_writes_results(tmp_path: Path, capsys):
     assert "- **status**: stopped by the budget cap" in (out / "results.md").read_text()
 
 
-def test_run_all_interrupted_keeps_finished_benchmarks_and_says_how_to_resume(
+def test_run_all_interrupted_keeps_finished_pairs_and_says_how_to_resume(
         tmp_path: Path, capsys, monkeypatch):
+    from masr_graph.benchmarks.experiment.protocol import PairRun
+
     out = tmp_path / "run"
-    original = run_all.Runner.run_benchmark
+    original = PairRun.prepare
 
-    async def interrupt_the_second(self: Any, name: str, *args: Any) -> None:
-        if name == "mmlu":
+    async def interrupt_the_second(self: Any, *args: Any, **kwargs: Any) -> int:
+        if self.pair.task == "mmlu":
             raise KeyboardInterrupt
-        await original(self, name, *args)
+        return await original(self, *args, **kwargs)
 
-    monkeypatch.setattr(run_all.Runner, "run_benchmark", interrupt_the_second)
+    monkeypatch.setattr(PairRun, "prepare", interrupt_the_second)
     try:
-        status = run_all.main(["--benchmarks", "gsm8k", "mmlu", "--out", str(out), *TINY])
+        status = run_all.main(["--world", "llmrouter", "--benchmarks", "gsm8k", "mmlu", "--out",
+                               str(out), *TINY])
     except KeyboardInterrupt:
         pytest.fail("run_all.main let KeyboardInterrupt escape")
     assert status == 130
-    assert error_lines(capsys.readouterr().err) == [
-        "run_all.py: interrupted; rerun with the same --out to resume"]
+    assert [line for line in error_lines(capsys.readouterr().err) if not line.startswith("==")
+            ] == ["run_all.py: interrupted; rerun with the same --out to resume"]
     markdown = (out / "results.md").read_text()
-    assert "## gsm8k" in markdown and "## mmlu" not in markdown
+    assert "## llmrouter-all-gsm8k" in markdown
     assert "- **status**: stopped before the end: interrupted" in markdown
+    assert "llmrouter-all-mmlu: " in markdown  # listed among the unfinished cells
+    # The rerun resumes: the finished pair's cells are stored, so it runs none of them again.
+    monkeypatch.setattr(PairRun, "prepare", original)
+    ran: list[str] = []
+    original_run = PairRun.run
+
+    async def counting(self: Any, cell: Any, *args: Any, **kwargs: Any) -> Any:
+        if self.store.load(self.pair.name, cell.label).keys() < {e.id for e in self.data.test}:
+            ran.append(f"{self.pair.name}/{cell.label}")
+        return await original_run(self, cell, *args, **kwargs)
+
+    monkeypatch.setattr(PairRun, "run", counting)
+    assert run_all.main(["--world", "llmrouter", "--benchmarks", "gsm8k", "mmlu", "--out",
+                         str(out), *TINY]) == 0
+    assert ran and all(name.startswith("llmrouter-all-mmlu/") for name in ran)
+    assert "- **status**: complete" in (out / "results.md").read_text()
 
 
 def test_run_all_ctrl_c_exits_130_with_one_line(tmp_path: Path):
     """A real SIGINT to the main job, mid-run."""
     process = subprocess.Popen(
-        [sys.executable, str(Path(run_all.__file__)), "--benchmarks", "gsm8k", "--out",
-         str(tmp_path / "run"), "--max-train", "64", "--max-test", "64", "--train-steps", "200",
-         "--batch-size", "8", "--no-baselines"],
+        [sys.executable, str(Path(run_all.__file__)), "--world", "llmrouter", "--benchmarks",
+         "gsm8k", "--out", str(tmp_path / "run"), "--max-train", "200", "--max-validation",
+         "100"],
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
         env={**os.environ, "PYTHONUNBUFFERED": "1"})
     assert process.stdout is not None
     deadline = time.monotonic() + 300
-    while "== gsm8k" not in process.stdout.readline():
+    while "== llmrouter-all-gsm8k" not in process.stdout.readline():
         assert time.monotonic() < deadline and process.poll() is None, process.stderr.read()
     time.sleep(1.0)
     process.send_signal(signal.SIGINT)
@@ -309,7 +332,7 @@ def test_masr_interrupt_says_how_to_resume(monkeypatch, capsys):
         raise KeyboardInterrupt
 
     monkeypatch.setattr(cli, "_eval", interrupted)
-    assert cli.main(["eval", "--checkpoint", "x.pt"]) == 130
+    assert cli.main(["eval", "--checkpoint", "x.pt", "--benchmark", "gsm8k"]) == 130
     assert capsys.readouterr().err.splitlines() == [
         "masr eval: interrupted; rerun with the same --out to resume"]
 

@@ -19,29 +19,26 @@ from typing import Any, Iterator, Optional
 
 import openai
 import pytest
-import torch
 
-from masr_graph.benchmarks.experiment import DEFAULT_ROUTER_CONFIG
+from masr_graph.cli import load_policy
 from masr_graph.llm import LLMPool, LLMSpec
 from masr_graph.plan import Plan
-from masr_graph.replay import ReplayBenchmark, replay_specs
-from masr_graph.router import MasRouter, NodeVocab, save_checkpoint
+from masr_graph.replay import load_world, replay_specs
 from masr_graph.runtime import MASExecutor
 from masr_graph.serve import domain_answer_key, serve
 
 from loopback_server import LoopbackServer
+from policies import library_checkpoint, small_library
 
 KEY_ENV = "MASR_TEST_SERVER_KEY"
+WORLD_SPECS = replay_specs("llmrouter", task="gsm8k")
 STARTUP_TIMEOUT_S = 180.0
 
 
 @pytest.fixture(scope="module")
 def checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """An untrained router over the replay pool: routing needs valid plans, not good ones."""
-    torch.manual_seed(0)
-    path = tmp_path_factory.mktemp("serve") / "router.pt"
-    return save_checkpoint(path, MasRouter(DEFAULT_ROUTER_CONFIG),
-                           NodeVocab.from_registries(replay_specs()))
+    """An untrained router over the LLMRouter world's GSM8K pool with a small plan library."""
+    return library_checkpoint(tmp_path_factory.mktemp("serve") / "router.pt", WORLD_SPECS)
 
 
 class Server:
@@ -72,7 +69,7 @@ def server(checkpoint: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterat
     with open(logs / "stdout", "w") as out, open(logs / "stderr", "w") as err:
         process = subprocess.Popen(
             [sys.executable, "-m", "masr_graph.cli", "serve", "--checkpoint", str(checkpoint),
-             "--replay", "--host", "127.0.0.1", "--port", "0", "--api-key-env", KEY_ENV],
+             "--world", "llmrouter", "--host", "127.0.0.1", "--port", "0", "--api-key-env", KEY_ENV],
             stdout=out, stderr=err, env=env)
     deadline = time.monotonic() + STARTUP_TIMEOUT_S
     base_url = None
@@ -95,7 +92,7 @@ def server(checkpoint: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterat
 
 @pytest.fixture(scope="module")
 def recorded() -> list:
-    return ReplayBenchmark().examples("test")
+    return load_world("llmrouter").examples("gsm8k")
 
 
 def test_models_lists_masr(server: Server) -> None:
@@ -126,14 +123,14 @@ def test_completion_usage_is_the_trace_sum_and_replays_exactly(server: Server, r
     plan = Plan.from_dict(reply.masr_plan)
     assert trace["plan"] == reply.masr_plan
     assert len(trace["steps"]) >= plan.k
-    assert set(plan.llms) <= {spec.name for spec in replay_specs()}
-    assert set(plan.probs) == {"task", "mode", "k", "roles", "llms"}
+    assert plan in small_library([spec.name for spec in WORLD_SPECS], "math")
+    assert 0 < plan.probs["plan"] <= 1
     assert reply.choices[0].message.content == trace["final_answer"] != ""
     assert reply.model == "masr" and reply.object == "chat.completion"
 
     # The same plan run here, independently of the server, gives the same answer and usage.
     async def rerun():
-        pool = LLMPool(replay_specs())
+        pool = LLMPool(WORLD_SPECS)
         try:
             return await MASExecutor(pool).run(
                 example.query, plan, query_id=reply.masr_run["query_id"], task=plan.task,
@@ -296,10 +293,12 @@ def test_200_concurrent_requests_all_succeed(server: Server, recorded: list) -> 
     assert batches < 200  # concurrent queries shared forward passes
 
 
-async def test_free_form_queries_over_an_http_pool_with_keyless_llm_and_budget(
-        checkpoint: Path) -> None:
-    """In-process `serve()` over the loopback server: queries need not be recorded, an LLM whose
-    key variable is unset is never routed to, and the budget cap turns into 429."""
+async def test_free_form_queries_over_an_http_pool_with_keyless_llm_budget_and_lambda(
+        tmp_path: Path) -> None:
+    """In-process `serve()` over the loopback server: queries need not be recorded, plans that
+    need an LLM whose key variable is unset are never run, each request's cost preference
+    (``masr_cost_lambda`` or model ``masr-lambda-<λ>``) picks its plan, and the budget cap
+    turns into 429."""
     os.environ.pop("MASR_TEST_UNSET_KEY", None)
     with LoopbackServer(responder=lambda body: "The answer is 42.") as upstream:
         specs = [
@@ -311,26 +310,45 @@ async def test_free_form_queries_over_an_http_pool_with_keyless_llm_and_budget(
                     price_out=0.1, api_key_env="MASR_TEST_UNSET_KEY",
                     description="A model whose API key is not available."),
         ]
+        # The gate fixes the large model at λ=0 and the small one at λ=10000 (library plans 1
+        # and 0); between them the (untrained) router chooses.
+        path = library_checkpoint(tmp_path / "loop.pt", specs,
+                                  gate={"math": {0.0: 1, 100.0: None, 10000.0: 0}})
+        policy = load_policy(path)
         for max_usd, expect_ok in ((None, True), (1e-9, False)):
             ready: asyncio.Queue[str] = asyncio.Queue()
             stop = asyncio.Event()
-            task = asyncio.create_task(serve(checkpoint, specs, port=0, max_usd=max_usd,
-                                             ready=ready.put_nowait, stop=stop))
+            task = asyncio.create_task(serve(policy, specs, port=0, max_usd=max_usd,
+                                             cost_lambda=0.0, ready=ready.put_nowait, stop=stop))
             line = await asyncio.wait_for(ready.get(), timeout=STARTUP_TIMEOUT_S)
             base_url = line.split("listening on ", 1)[1].split()[0]
-            assert "2 LLMs" in line
+            assert "2 plans over 2 LLMs" in line  # the keyless LLM's single and both teams: out
             client = openai.AsyncOpenAI(base_url=base_url, api_key="unused", max_retries=0)
+            messages = [{"role": "user", "content": "What is 6 x 7?"}]
             try:
                 if expect_ok:
-                    reply = await client.chat.completions.create(
-                        model="masr", messages=[{"role": "user", "content": "What is 6 x 7?"}])
-                    assert reply.choices[0].message.content == "The answer is 42."
-                    assert set(reply.masr_plan["llms"]) <= {"loop-small", "loop-large"}
-                    assert reply.usage.prompt_tokens > 0
+                    default = await client.chat.completions.create(model="masr",
+                                                                   messages=messages)
+                    assert default.choices[0].message.content == "The answer is 42."
+                    assert default.masr_plan["llms"] == ["loop-large"]  # the server's λ=0
+                    assert default.usage.prompt_tokens > 0
+                    frugal = await client.chat.completions.create(
+                        model="masr", messages=messages, extra_body={"masr_cost_lambda": 10000})
+                    assert frugal.masr_plan["llms"] == ["loop-small"]
+                    named = await client.chat.completions.create(model="masr-lambda-9000",
+                                                                 messages=messages)
+                    assert named.masr_plan["llms"] == ["loop-small"]  # nearest gate λ: 10000
+                    assert named.model == "masr-lambda-9000"
+                    with pytest.raises(openai.BadRequestError) as info:
+                        await client.chat.completions.create(
+                            model="masr", messages=messages, extra_body={"masr_cost_lambda": -1})
+                    assert info.value.body["param"] == "masr_cost_lambda"
+                    with pytest.raises(openai.NotFoundError):
+                        await client.chat.completions.create(model="masr-lambda-cheap",
+                                                             messages=messages)
                 else:
                     with pytest.raises(openai.RateLimitError) as info:
-                        await client.chat.completions.create(
-                            model="masr", messages=[{"role": "user", "content": "What is 6 x 7?"}])
+                        await client.chat.completions.create(model="masr", messages=messages)
                     assert info.value.body["type"] == "insufficient_quota"
                     assert "budget cap" in info.value.body["message"]
             finally:

@@ -250,7 +250,8 @@ async def test_single_agent_reflection_returns_its_revision(pool, server, script
 def test_builtins_come_first_in_file_order_whatever_was_registered_before():
     names = topology_names()
     # this module registered HalfDebateTest at import, before anything looked the names up
-    assert names[:6] == ["Chain", "CoT", "Debate", "FullConnected", "IO", "Reflection"]
+    assert names[:7] == ["Chain", "CoT", "Debate", "Escalation", "FullConnected", "IO",
+                         "Reflection"]
     assert "HalfDebateTest" in names[6:]
     descriptions = [get_topology(n).description for n in names]
     assert len(set(descriptions)) == len(descriptions)

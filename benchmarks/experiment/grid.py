@@ -109,7 +109,8 @@ async def run_grid(
         raise BudgetStop(stop, kept=f"every finished cell is stored under {out} and "
                                     f"{out / 'results.md'} has its tables") from None
     except BaseException as exc:
-        status = "interrupted" if not isinstance(exc, Exception) else f"stopped: {exc}"
+        status = "stopped before the end: " + (
+            "interrupted" if not isinstance(exc, Exception) else str(exc))
         if finished:
             write(None)
         raise

@@ -290,11 +290,18 @@ class PairRun:
             raise ConfigError(f"pair {self.pair.name}: prepare() must run before its cells")
         return self.train_outcomes, self.validation_outcomes
 
-    def router(self, seed: int) -> LibraryPolicy:
+    def router(self, seed: int, checkpoint: Optional[Path] = None) -> LibraryPolicy:
         """MasRouter of ``seed``: trained on the library outcomes of the training queries,
         weights and gate chosen on the validation queries (or loaded when its checkpoint
-        exists); the training curve and the gate go to ``masrouter-seed<seed>.curve.json``."""
-        path = self.out / f"masrouter-seed{seed}.pt"
+        exists); the training curve and the gate go next to the checkpoint
+        (``<checkpoint stem>.curve.json``).
+
+        Args:
+            seed: the training seed.
+            checkpoint: where the checkpoint lives (default ``masrouter-seed<seed>.pt`` in the
+                pair's folder).
+        """
+        path = checkpoint or self.out / f"masrouter-seed{seed}.pt"
         if path.exists():
             loaded = load_checkpoint(path, encoder=self.encoder)
             return LibraryPolicy(loaded.router, self.vocab, loaded.library, loaded.gate)
@@ -308,7 +315,7 @@ class PairRun:
         gate = {self.domain: validation_gate(router, self.vocab, train, validation,
                                              self.settings.lambdas)}
         save_checkpoint(path, router, self.vocab, library=self.library, gate=gate)
-        (self.out / f"masrouter-seed{seed}.curve.json").write_text(json.dumps({
+        path.with_suffix(".curve.json").write_text(json.dumps({
             "best_step": trainer.best_step,
             "gate": {f"{lam:g}": None if index is None else plan_key(self.library[index])
                      for lam, index in gate[self.domain].items()},

@@ -331,6 +331,24 @@ class LibraryPolicy:
         index = by_lambda[nearest]
         return None if index is None else self.library[index]
 
+    def restricted_to(self, llms: Sequence[str]) -> "LibraryPolicy":
+        """This policy over only the library plans whose LLMs are all in ``llms`` (e.g. those
+        whose API keys are set); a gate entry whose plan is dropped routes instead.
+
+        Raises:
+            ConfigError: no plan is left.
+        """
+        available = set(llms)
+        kept = [index for index, plan in enumerate(self.library) if set(plan.llms) <= available]
+        if not kept:
+            raise ConfigError(f"no plan of the {len(self.library)}-plan library uses only the "
+                              f"LLMs {sorted(available)}")
+        new_index = {old: new for new, old in enumerate(kept)}
+        gate = {task: {lam: new_index.get(index) if index is not None else None
+                       for lam, index in by_lambda.items()}
+                for task, by_lambda in self.gate.items()}
+        return LibraryPolicy(self.router, self.vocab, [self.library[i] for i in kept], gate)
+
     def route(self, queries: Sequence[str], cost_lambda: float) -> list[Plan]:
         """One plan per query at ``cost_lambda``."""
         plans = self.router.route(list(queries), self.vocab, cost_lambda=cost_lambda,
@@ -339,7 +357,7 @@ class LibraryPolicy:
         for plan in plans:
             fixed = self.fixed_plan(plan.task, cost_lambda)
             routed.append(plan if fixed is None else fixed.with_probs(
-                {**plan.probs, "gate": "the fixed plan that beat the router on validation"}))
+                {"gate": "the fixed plan that beat the router on validation at this λ"}))
         return routed
 
 
