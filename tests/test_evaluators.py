@@ -2,9 +2,16 @@
 (issue #5): GSM8K "1,000" -> 0, "-5" -> 5, "3.5" -> 5; code extraction by
 ``lstrip("```python\\n")``; MATH falling back to the last character; an empty ``\\boxed{}``
 crashing MMLU. Text scorers and code extraction are tested here (plus a sandbox run of the
-lstrip victims); the full code sweeps are in ``test_code_eval.py``."""
+lstrip victims); the full code sweeps are in ``test_code_eval.py``; timeouts, threads and the
+event loop in ``test_scorer_pool.py``.
+
+Cases marked "hole" are the holes an independent tester found (each fails on the evaluators as
+they were before the fix); cases marked "control" pass before and after and guard the fix against
+over-correcting (a right answer that must stay right, a wrong one that must stay wrong)."""
 
 from __future__ import annotations
+
+import time
 
 import pytest
 from masr_graph.benchmarks import Example, aevaluate_many, answer_key, evaluate
@@ -52,6 +59,45 @@ def test_last_answer_statement(text, expected):
     assert last_answer_statement(text) == expected
 
 
+def test_markers_are_found_in_linear_time():
+    # Degenerate replies (long runs of spaces, a box command repeated) made the statement
+    # regex backtrack quadratically and re-scanned the reply once per unclosed box.
+    started = time.monotonic()
+    assert last_answer_statement("answer" + " " * 100_000 + "is 5") == "5"
+    assert last_boxed("\\boxed{3} " + "\\boxed{" * 30_000) == "3"
+    assert time.monotonic() - started < 2.0
+
+
+# The ZeroEval recordings (shared/data/outcomes/zeroeval) ask for {"reasoning": ..., "answer": ...};
+# these are the forms real replies take (see benchmarks/tasks/zeroeval_extraction_report.py).
+JSON_TABLE = [
+    # reply, answer field (None: no field, "": a field holding no answer)
+    ('{"reasoning": "3 + 5", "answer": "8"}', "8"),
+    ('```json\n{\n  "reasoning": "3 + 5",\n  "answer": 8\n}\n```\nHope it helps!', "8"),
+    ('Here it is:\n{"reasoning": "line one\nline two", "answer": "8"}', "8"),  # raw newline
+    ('{"reasoning": "x", "answer": "\\frac{1}{2}"}', "\\frac{1}{2}"),  # LaTeX, unescaped
+    ('{"reasoning": "x", "answer": "\\\\frac{1}{2}"}', "\\frac{1}{2}"),  # LaTeX, escaped
+    ('{"reasoning": "x", "answer": "answer": "7.5"\n}', "7.5"),  # a doubled key
+    ('{"reasoning": "x", "answer": "Cost:"\n  "\\n- profit $60"\n}', "Cost:\n- profit $60"),
+    ('{"reasoning": "so 3.\n\nanswer": "4"\n}\n```', "4"),  # a quote missing
+    ('{"reasoning": "so the answer is: \\"answer\\": \\"3\\""\n}', "3"),  # quoted inside
+    ('{"reasoning": "so 3. `answer`: "3"\n```', "3"),  # backticks
+    ('{"reasoning": "x", "answer": null}', ""),
+    ('{"reasoning": "x", "answer": {"glasses": 86, "plates": 42}}', ""),
+    ('{"reasoning": "x", "answer": ["2", 3]}', "2, 3"),
+    ('{"reasoning": "x", "answer": "12', ""),  # cut off inside the field
+    ('{"reasoning": "cut off before the field', None),
+    ("The answer is 5.", None),
+]
+
+
+@pytest.mark.parametrize("reply, expected", JSON_TABLE)
+def test_json_answer(reply, expected):
+    from masr_graph.benchmarks.tasks.extraction import json_answer
+
+    assert json_answer(reply) == expected
+
+
 # ------------------------------------------------------------------------------------------ GSM8K
 
 GSM8K_TABLE = [
@@ -78,8 +124,23 @@ GSM8K_TABLE = [
     ("#### 18.00", "18", "18", True),
     ("The answer is 18 dollars.", "18", "18", True),
     ("#### 17", "18", "17", False),
+    ("#### 1000001", "1000000", "1000001", False),  # hole: a 1e-6 relative tolerance accepted it
+    ("#### 999999", "1000000", "999999", False),  # hole: same
+    ("#### 1000000", "1000000", "1000000", True),  # control
+    ("#### 36/2", "18", "18", True),  # control: exact rational equality
+    ("#### 0.1", "0.1", "0.1", True),  # control: decimals are exact fractions, not floats
+    ("#### " + "9" * 5000, "18", None, False),  # hole: int() refused 5000 digits and raised
     ("Each costs 3.5 dollars.", "35", "3.5", False),  # decimals are not merged into integers
     ("I cannot solve this.", "18", None, False),
+    # the JSON answer field decides (ZeroEval forms)
+    ('{"answer": "8", "reasoning": "3 + 5 = 8; check: 8 - 3 = 5"}', "8", "8", True),
+    ('```json\n{"reasoning": "8 - 3 = 5", "answer": "$8"}\n```', "8", "8", True),  # control
+    ('{"reasoning": "x", "answer": "3 + 5 = 8"}', "8", "8", True),  # control
+    ('{"reasoning": "12 apples", "answer": "Cannot be determined"}', "12", None, False),
+    ('{"reasoning": "86 glasses", "answer": {"glasses": 86, "plates": 42}}', "86", None, False),
+    ('{"reasoning": "She has 12 apples and gives 3', "12", None, False),  # cut off in the JSON
+    ('{"reasoning": "so 8.\n\nanswer": "8"\n}\n```\nStep 2 done.', "8", "8", True),
+    ("#### 499.99999999999994", "500", "499.99999999999994", False),  # exact, not 1e-6
     (r"Final answer: \boxed{}", "18", None, False),  # empty box, no number anywhere
 ]
 
@@ -98,6 +159,12 @@ def test_gsm8k_answer_key_normalises_number_forms():
     assert keys == {"1000"}
     assert answer_key("gsm8k", "1/2") == answer_key("gsm8k", "0.5") == "0.5"
     assert answer_key("gsm8k", "no number") is None
+
+
+def test_gsm8k_answer_key_is_exact():
+    # Keys agree with the evaluator's exact equality (they were rounded to 12 digits).
+    assert answer_key("gsm8k", "#### 499.99999999999994") != answer_key("gsm8k", "#### 500")
+    assert answer_key("gsm8k", "#### 1/3") == "1/3"
 
 
 # ------------------------------------------------------------------------------------------- MATH
@@ -126,6 +193,50 @@ MATH_TABLE = [
     ("so we get x = 5", "5", None, False),
     ("so we get x = 5.", "5", None, False),
     (r"Hence \boxed{}", "5", "", False),  # empty box: incorrect, not a crash
+    # hole: a final box cut off by truncation is no answer (was read out by the statement rule)
+    (r"The answer is \boxed{4", "4", None, False),
+    (r"First \boxed{4}; on reflection the final answer is \boxed{45", "4", None, False),
+    (r"\boxed{4} and that is final", "4", "4", True),  # control: a complete last box
+    # hole: an equation is a value only when its left side is a variable name
+    (r"\boxed{2+2=4}", "4", "2+2=4", False),
+    (r"\boxed{f(x)=5}", "5", "f(x)=5", False),
+    (r"\boxed{x=4}", "4", "x=4", True),  # control
+    (r"\boxed{x = 2 + 2 = 4}", "4", "x = 2 + 2 = 4", True),  # control
+    (r"\boxed{y = 3 + 2x}", "y = 2x + 3", "y = 3 + 2x", True),  # control: equation golds
+    # hole: a top-level list is a multiset, not a set
+    (r"\boxed{1,2,2}", "1,2", "1,2,2", False),
+    (r"\boxed{3, 3}", "3", "3, 3", False),
+    (r"\boxed{2, 1}", "1,2", "2, 1", True),  # control: any order
+    (r"\boxed{x = -1, x = 2}", "2, -1", "x = -1, x = 2", True),  # control: items as equations
+    (r"\boxed{(2,1)}", "(1,2)", "(2,1)", False),  # control: tuples keep their order
+    (r"\boxed{(1,2]}", "[1,2)", "(1,2]", False),  # control: intervals keep their ends
+    (r"\boxed{15000}", r"15,\!000", "15000", True),  # control: a thousands separator
+    (r"\boxed{1+\sqrt5, 1-\sqrt5}", r"1\pm\sqrt5", r"1+\sqrt5, 1-\sqrt5", True),  # control
+    # \pm inside a fraction: math-verify cannot parse it (was wrong), expanded here
+    (
+        r"\boxed{\frac{-1-\sqrt5}{2}, \frac{-1+\sqrt5}{2}}",
+        r"\frac{-1\pm\sqrt{5}}{2}",
+        r"\frac{-1-\sqrt5}{2}, \frac{-1+\sqrt5}{2}",
+        True,
+    ),
+    (r"\boxed{C, B}", r"\text{B, C}", "C, B", True),  # was wrong: a \text{}-wrapped list
+    # hole: a single letter is a letter, case-sensitively (math-verify reads e and E as Euler's e)
+    (r"\boxed{e}", "E", "e", False),
+    (r"\boxed{E}", "e", "E", False),
+    (r"\boxed{e}", r"\text{(E)}", "e", False),
+    (r"\boxed{2.718281828}", r"\text{(E)}", "2.718281828", False),  # control
+    (r"\boxed{E}", r"\text{(E)}", "E", True),  # control
+    (r"\boxed{\textbf{(E)}}", r"\text{(E)}", r"\textbf{(E)}", True),  # control
+    # the JSON answer field decides (ZeroEval forms)
+    ('{"reasoning": "not \\\\boxed{3}", "answer": "4"}', "4", "4", True),
+    ('{"reasoning": "x", "answer": "\\frac{1}{2}"}', "0.5", "\\frac{1}{2}", True),
+    ('{"reasoning": "x", "answer": "$\\\\frac{1}{2}$"}', "0.5", "\\frac{1}{2}", True),
+    ('{"reasoning": "x", "answer": "The sum is $17$."}', "17", "17", True),
+    ('{"reasoning": "x", "answer": "sqrt(25)"}', "5", "sqrt(25)", True),  # plain-text math
+    ('{"reasoning": "x", "answer": "4√2 + 8"}', "8+4\\sqrt{2}", "4√2 + 8", True),
+    ('{"reasoning": "x", "answer": "25π"}', "25\\pi", "25π", True),
+    ('{"reasoning": "x", "answer": ""}', "5", None, False),  # control
+    ('{"reasoning": "if we guess \\\\boxed{5} then', "5", None, False),  # cut off in the JSON
 ]
 
 
@@ -139,6 +250,16 @@ def test_math_answer_key_groups_equivalent_forms():
     assert answer_key("math", r"\boxed{0.5}") == answer_key("math", r"\boxed{\frac{1}{2}}")
     assert answer_key("math", r"\boxed{2}") != answer_key("math", r"\boxed{3}")
     assert answer_key("math", r"\boxed{}") is None
+    assert answer_key("math", r"\boxed{2, 1}") == answer_key("math", r"\boxed{1,2}")
+
+
+def test_math_answer_key_follows_the_judgement_rules():
+    # Voting keys agree with the evaluator: equal answers vote together, unequal ones apart.
+    assert answer_key("math", r"\boxed{x = 4}") == answer_key("math", r"\boxed{4}")
+    assert answer_key("math", r"\boxed{1,2,2}") != answer_key("math", r"\boxed{1,2}")
+    assert answer_key("math", r"\boxed{e}") != answer_key("math", r"\boxed{E}")
+    assert answer_key("math", r"\boxed{\text{(E)}}") == answer_key("math", r"\boxed{E}")
+    assert answer_key("math", r"The answer is \boxed{4") is None  # truncated
 
 
 # ------------------------------------------------------------------------------------------- MMLU
@@ -169,6 +290,30 @@ MMLU_TABLE = [
     (r"Answer: \boxed{}", None),
     (r"\boxed{} so the answer is B", "B"),  # an empty box is skipped, not fatal
     ("", None),
+    # hole: a lower-case letter that is the whole reply (or the whole statement) counts
+    ("b", "B"),
+    ("(c)", "C"),
+    ("c.", "C"),
+    ("Answer: b", "B"),
+    (r"\boxed{c}", "C"),
+    ("I pick a dog.", None),  # control: an article is still not an option
+    # hole: several distinct letters in the chosen answer span are a hedge, not an answer
+    ("Answer: A, C", None),
+    ("The answer is A or B", None),
+    (r"\boxed{A, C}", None),
+    ("The answer is A/B.", None),
+    ("Answer: **C** and **D**", None),
+    ("Answer: C or C", "C"),  # control: one letter repeated
+    ("Answer: C, because A is wrong", "C"),  # control: only the leading letters count
+    # hole: a reply that only restates the options gives no answer (was the last option)
+    ("A. Paris\nB. Rome\nC. Madrid\nD. Oslo", None),
+    ("A. Paris\n\nB. Rome\n\nC. Madrid\n\nD. Oslo\n", None),
+    ("Options considered.\nC. Madrid", "C"),  # control: one trailing option line
+    # the JSON answer field decides
+    ('{"reasoning": "A is wrong, so is B.", "answer": "C"}', "C"),
+    ('{"reasoning": "x", "answer": "(c) Madrid"}', "C"),
+    ('{"reasoning": "x", "answer": "A or C"}', None),  # control
+    ('{"reasoning": "x", "answer": "Madrid"}\nAnswer: C', None),
 ]
 
 

@@ -4,13 +4,21 @@ voting key together, and task-dispatching ``evaluate`` / ``aevaluate`` / ``answe
 
 Built-in tasks: ``gsm8k``, ``math``, ``humaneval``, ``mbpp``, ``mmlu``. A user-added benchmark is
 one :func:`register_benchmark` call away.
+
+The text scorers (GSM8K, MATH, MMLU) run in scorer worker processes with a hard timeout of
+:data:`.scorer_pool.TIMEOUT_S` seconds per call, whoever calls them: a reply that would hang its
+scorer (``\\boxed{9^{9^{9^{9}}}}``) scores as wrong with the reason in ``Score.detail``, and its
+answer key is ``None``. Results are memoised in this process, so repeated calls cost a dictionary
+look-up. Code tasks run in the sandbox, which has its own limits.
 """
 
 from __future__ import annotations
 
 import asyncio
 import inspect
+import math
 import os
+import pickle
 from dataclasses import dataclass
 from typing import Any, Awaitable, Callable, Optional, Sequence
 
@@ -18,9 +26,10 @@ from tqdm.auto import tqdm
 
 from masr_graph.errors import ConfigError
 
-from . import gsm8k, humaneval, math_dataset, mbpp, mmlu
 from ..data.data_dir import PathLike
+from . import gsm8k, humaneval, math_dataset, mbpp, mmlu
 from .datasets import TASK_DOMAINS, Example, Score
+from .scorer_pool import TIMEOUT_S, default_pool
 
 
 @dataclass(frozen=True)
@@ -36,7 +45,13 @@ class Benchmark:
         answer_key: ``answer_key(reply) -> str | None``, the normalised answer majority voting
             groups replies by.
         aevaluate: async evaluator for scorers that wait on something (code runs in the sandbox);
-            ``None`` means ``evaluate`` is quick and is called inline.
+            ``None`` means :func:`aevaluate` uses ``evaluate``.
+        timeout_s: when set, ``evaluate`` and ``answer_key`` run in a scorer worker process that
+            is killed after this many seconds (the reply then scores as wrong and has no answer
+            key, with the reason in the score's ``detail``), and their results are memoised by
+            gold answer and reply text. Both must then be module-level functions (they are sent
+            to the worker by reference) and ``evaluate`` may read nothing of the example but
+            ``answer``. ``None``: they are called inline, without a time limit.
     """
 
     name: str
@@ -46,6 +61,7 @@ class Benchmark:
     evaluate: Callable[[Example, str], Score]
     answer_key: Callable[[str], Optional[str]]
     aevaluate: Optional[Callable[[Example, str], Awaitable[Score]]] = None
+    timeout_s: Optional[float] = None
 
 
 _REGISTRY: dict[str, Benchmark] = {}
@@ -55,7 +71,9 @@ def register_benchmark(benchmark: Benchmark, *, replace: bool = False) -> None:
     """Add a benchmark (or, with ``replace=True``, swap one out).
 
     Raises:
-        ConfigError: the name is taken and ``replace`` is false, or ``splits`` is empty.
+        ConfigError: the name is taken and ``replace`` is false, ``splits`` is empty, or
+            ``timeout_s`` is set but not a positive number of seconds, or its scorers cannot be
+            sent to a worker process (a lambda, a nested function).
     """
     if benchmark.name in _REGISTRY and not replace:
         raise ConfigError(
@@ -63,6 +81,26 @@ def register_benchmark(benchmark: Benchmark, *, replace: bool = False) -> None:
         )
     if not benchmark.splits:
         raise ConfigError(f"benchmark {benchmark.name!r} declares no splits")
+    if benchmark.timeout_s is not None:
+        if not (
+            isinstance(benchmark.timeout_s, (int, float)) and 0 < benchmark.timeout_s < math.inf
+        ):
+            raise ConfigError(
+                f"benchmark {benchmark.name!r}: timeout_s must be a positive number of seconds or "
+                f"None (got {benchmark.timeout_s!r})"
+            )
+        for role, function in (
+            ("evaluate", benchmark.evaluate),
+            ("answer_key", benchmark.answer_key),
+        ):
+            try:
+                pickle.dumps(function)
+            except (pickle.PicklingError, AttributeError, TypeError) as error:
+                raise ConfigError(
+                    f"benchmark {benchmark.name!r}: with timeout_s set, {role} must be a "
+                    f"module-level function a worker process can import; {function!r} is not "
+                    f"({error})"
+                ) from None
     _REGISTRY[benchmark.name] = benchmark
 
 
@@ -114,18 +152,44 @@ def load_benchmark(
 
 
 def evaluate(example: Example, reply: str) -> Score:
-    """Score ``reply`` with the evaluator of ``example.task`` (code tasks run the sandbox and
-    block; prefer :func:`aevaluate` inside an event loop)."""
-    return get_benchmark(example.task).evaluate(example, reply)
+    """Score ``reply`` with the evaluator of ``example.task``. Callable from any thread,
+    including an event loop's (text scorers then block it for at most their timeout; code tasks
+    run the sandbox and block longer): prefer :func:`aevaluate` in coroutines."""
+    benchmark = get_benchmark(example.task)
+    if benchmark.timeout_s is None:
+        return benchmark.evaluate(example, reply)
+    return default_pool().result(
+        (benchmark.evaluate, example.answer, reply),
+        benchmark.evaluate,
+        (example, reply),
+        timeout_s=benchmark.timeout_s,
+        on_failure=_unscored,
+    )
 
 
 async def aevaluate(example: Example, reply: str) -> Score:
-    """Async :func:`evaluate`: code runs in the sandbox without blocking the event loop; quick
-    text scorers run inline."""
+    """Async :func:`evaluate` that never blocks the event loop: code runs in the sandbox, text
+    scorers in a scorer worker process, and the loop serves other coroutines meanwhile."""
     benchmark = get_benchmark(example.task)
-    if benchmark.aevaluate is None:
+    if benchmark.aevaluate is not None:
+        return await benchmark.aevaluate(example, reply)
+    if benchmark.timeout_s is None:
         return benchmark.evaluate(example, reply)
-    return await benchmark.aevaluate(example, reply)
+    return await default_pool().aresult(
+        (benchmark.evaluate, example.answer, reply),
+        benchmark.evaluate,
+        (example, reply),
+        timeout_s=benchmark.timeout_s,
+        on_failure=_unscored,
+    )
+
+
+def _unscored(reason: str) -> Score:
+    return Score(False, None, f"not scored, counted as wrong: {reason}")
+
+
+def _no_key(reason: str) -> None:
+    return None
 
 
 async def aevaluate_many(
@@ -136,7 +200,7 @@ async def aevaluate_many(
     progress: bool = False,
 ) -> list[Score]:
     """Score ``replies[i]`` against ``examples[i]`` with at most ``max_concurrency`` evaluations
-    (sandbox processes) at once; scores come back in input order.
+    (sandbox runs, scorer-process calls) at once; scores come back in input order.
 
     Args:
         max_concurrency: defaults to the number of CPUs.
@@ -170,17 +234,27 @@ async def aevaluate_many(
 def answer_key(task: str, reply: str) -> Optional[str]:
     """Normalised final answer of ``reply`` for majority voting: GSM8K the number (``"1000"``),
     MATH the sympy form, MMLU the letter, code a hash of the program's syntax tree; ``None`` when
-    the reply has no answer."""
-    return get_benchmark(task).answer_key(reply)
+    the reply has no answer or its scorer timed out. Callable from any thread (in an event loop's
+    it blocks for at most the scorer's timeout; repeated replies are memo hits)."""
+    benchmark = get_benchmark(task)
+    if benchmark.timeout_s is None:
+        return benchmark.answer_key(reply)
+    return default_pool().result(
+        (benchmark.answer_key, reply),
+        benchmark.answer_key,
+        (reply,),
+        timeout_s=benchmark.timeout_s,
+        on_failure=_no_key,
+    )
 
 
 def _register_builtins() -> None:
-    for module, load, aevaluate_code in (
-        (gsm8k, gsm8k.load_gsm8k, None),
-        (math_dataset, math_dataset.load_math, None),
-        (humaneval, humaneval.load_humaneval, humaneval.aevaluate),
-        (mbpp, mbpp.load_mbpp, mbpp.aevaluate),
-        (mmlu, mmlu.load_mmlu, None),
+    for module, load, aevaluate_code, timeout_s in (
+        (gsm8k, gsm8k.load_gsm8k, None, TIMEOUT_S),
+        (math_dataset, math_dataset.load_math, None, TIMEOUT_S),
+        (humaneval, humaneval.load_humaneval, humaneval.aevaluate, None),
+        (mbpp, mbpp.load_mbpp, mbpp.aevaluate, None),
+        (mmlu, mmlu.load_mmlu, None, TIMEOUT_S),
     ):
         register_benchmark(
             Benchmark(
@@ -191,6 +265,7 @@ def _register_builtins() -> None:
                 evaluate=module.evaluate,
                 answer_key=module.answer_key,
                 aevaluate=aevaluate_code,
+                timeout_s=timeout_s,
             )
         )
 
