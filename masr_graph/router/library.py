@@ -365,12 +365,13 @@ def validation_gate(router: MasRouter, vocab: NodeVocab, train: LibraryOutcomes,
                     validation: LibraryOutcomes, lambdas: Sequence[float]
                     ) -> dict[float, Optional[int]]:
     """Per λ, for a one-task library: ``None`` when the router's validation utility is at least
-    that of the library plan best on the training queries, else that plan's index (see
-    :class:`LibraryPolicy`)."""
+    that of the library plan best on the training and validation queries together (the best
+    constant policy the data knows), else that plan's index (see :class:`LibraryPolicy`)."""
     routed = validation_utility(router, vocab, validation, lambdas)
     gate: dict[float, Optional[int]] = {}
     for lam in lambdas:
-        best = int(train.utility(torch.tensor(lam)).mean(0).argmax())
+        best = int(torch.cat([train.utility(torch.tensor(lam)),
+                              validation.utility(torch.tensor(lam))]).mean(0).argmax())
         fixed = float(validation.utility(torch.tensor(lam))[:, best].mean())
         gate[float(lam)] = None if routed[float(lam)] >= fixed else best
     return gate
