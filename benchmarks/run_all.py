@@ -153,7 +153,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
 
 
 async def _run(args: argparse.Namespace) -> int:
-    grid = await run_grid(args.pairs, settings_for(args), args.out, data_dir=args.data_dir,
+    await run_grid(args.pairs, settings_for(args), args.out, data_dir=args.data_dir,
                           max_usd=args.max_usd, unknown_outcome_cost=args.unknown_outcome_cost,
                           fail_fast_after=args.fail_fast_after or None)
     print((args.out / "results.md").read_text(encoding="utf-8"))

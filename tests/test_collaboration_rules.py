@@ -5,8 +5,6 @@ from the small-model ones."""
 from __future__ import annotations
 
 import asyncio
-import itertools
-import math
 from typing import Any, Sequence
 
 import pytest

@@ -318,7 +318,7 @@ def test_load_split_reports_missing_and_malformed_files(tmp_path):
 
 
 def test_split_part_and_protocol_names_are_checked(data_dir):
-    with pytest.raises(ConfigError, match=r"'valid'.*'train', 'test'"):
+    with pytest.raises(ConfigError, match=r"'valid'.*'train', 'validation', 'test'"):
         make_split("humaneval").ids("valid")
     with pytest.raises(ConfigError, match=r"'gsm9k'.*gsm8k"):
         make_split("gsm9k")

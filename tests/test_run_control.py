@@ -19,7 +19,7 @@ import yaml
 
 from loopback_server import LoopbackServer
 from masr_graph.benchmarks import run_all
-from masr_graph.benchmarks.reporting.results import MethodSummary, results_markdown
+from masr_graph.benchmarks.reporting.protocol import MethodScore, PairReport, report_markdown
 from masr_graph.errors import LLMCallError, MasrError
 from masr_graph.llm import LLMPool, LLMSpec
 from masr_graph.plan import Plan
@@ -338,12 +338,20 @@ def test_masr_interrupt_says_how_to_resume(monkeypatch, capsys):
 
 
 # --------------------------------------------------------------------------- results table
-def test_results_table_has_an_errors_column():
-    summary = MethodSummary(benchmark="gsm8k", method="m", n=10, accuracy=0.5, ci_low=0.2,
-                            ci_high=0.8, usd_per_query=1e-4, total_usd=1e-3,
-                            would_have_cost_usd=1e-3, calls=20, tokens=900, errors=3,
-                            llm_shares={}, mode_shares={})
-    lines = results_markdown([summary], {}).splitlines()
-    header = lines.index("| method | n | accuracy | 95 % CI | errors | $ / query | total $ (this "
-                         "run) | calls | tokens |")
-    assert lines[header + 2].split(" | ")[4] == "3"
+def test_results_tables_have_an_errors_column():
+    def score(method: str, group: str, lam: float, errors: int, fixed: bool) -> MethodScore:
+        return MethodScore("p", method, group, lam, 1, 10, 0.5, 0.4, 0.6, 0.5, 0.4, 0.6, 1e-4,
+                           errors, fixed)
+
+    report = PairReport("p", lambdas=(0.0, 100.0), middle_lambda=100.0, scores=[
+        score("MasRouter", "MasRouter", 0.0, 2, False),
+        score("MasRouter", "MasRouter", 100.0, 1, False),
+        score("gpt (IO)", "single LLM", 0.0, 3, True),
+        score("gpt (IO)", "single LLM", 100.0, 3, True)])
+    lines = report_markdown([report], [], {}).splitlines()
+    header = lines.index("| method | λ=0 | λ=100 | hypervolume | errors |")
+    assert lines[header + 2].startswith("| MasRouter |")
+    assert lines[header + 2].endswith("| 3 |")  # over both λ cells
+    fixed = lines.index("| method | kind | utility [95 % CI] · accuracy · $ per query | errors |")
+    assert lines[fixed + 2].startswith("| gpt (IO) | single LLM |")
+    assert lines[fixed + 2].endswith("| 3 |")  # one cell, shown at the middle λ

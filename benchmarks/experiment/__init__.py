@@ -14,7 +14,6 @@ from .wiring import (
     open_runtime,
     pool_specs,
     spending_text,
-    vocab_for_pool,
 )
 
 __all__ = [
@@ -28,5 +27,4 @@ __all__ = [
     "open_runtime",
     "pool_specs",
     "spending_text",
-    "vocab_for_pool",
 ]

@@ -30,7 +30,22 @@ class GridRun:
 
     reports: list[PairReport] = field(default_factory=list)
     checks: list[TargetCheck] = field(default_factory=list)
-    spending: list[str] = field(default_factory=list)
+    spending: list[dict[str, Any]] = field(default_factory=list)
+    """:meth:`Runtime.spending` of each pair's runtime, in order."""
+
+    def total_spending(self, budget: Optional[Budget]) -> Optional[dict[str, Any]]:
+        """The invocation's spending over every pair (what the shared budget counted), in the
+        form of :meth:`Runtime.spending`; ``None`` before the first pair has run."""
+        if not self.spending:
+            return None
+        summed = ("ledger_usd", "estimated_usd", "estimated_attempts", "would_have_cost_usd",
+                  "calls", "cached_calls", "failed_calls")
+        total = {**self.spending[-1], **{key: sum(s[key] for s in self.spending)
+                                         for key in summed}}
+        total["spent_usd"] = budget.spent_usd if budget is not None else total["ledger_usd"]
+        total["notional"] = "; ".join(dict.fromkeys(s["notional"] for s in self.spending
+                                                    if s["notional"]))
+        return total
 
 
 async def run_grid(
@@ -58,17 +73,18 @@ async def run_grid(
     finished: list[PairRun] = []
     status = "running"
 
-    def write(current: Optional[Runtime]) -> None:
-        if current is not None:
-            grid.spending.append(spending_text(current.spending()))
+    def write() -> None:
         runs = finished
+        spending = grid.total_spending(budget)
         meta: dict[str, Any] = {
             "status": status,
             "settings": str(settings),
             "pairs": ", ".join(p.name for p in pairs),
             "wall time": f"{time.perf_counter() - started:.0f} s",
             "spent (this invocation, what the budget counted)":
-                grid.spending[-1] if grid.spending else "nothing yet",
+                spending_text(spending) if spending else "nothing yet",
+            "ledgers": ", ".join(str(out / "ledgers" / f"{run_id}-{run.pair.name}.jsonl")
+                                 for run in runs),
         }
         if runs:
             meta["$ figures"] = notional_note([s for run in runs for s in run.specs]) or "real"
@@ -77,16 +93,19 @@ async def run_grid(
                     k: v for k, v in run.backend.items()
                     if k in ("backend", "collaboration_rule", "token_rule", "costs")}
         grid.reports = [pair_report(run, run.cells()) for run in runs]
-        grid.checks = write_report(grid.reports, meta, out)
+        grid.checks = write_report(grid.reports, {**meta, "spending": spending}, out)
 
     try:
         for pair in pairs:
             run = PairRun(pair, settings, out, encoder, data_dir)
-            async with open_runtime(run.specs, out, run_id=run_id, budget=budget,
-                                    max_tokens=run.max_tokens, max_concurrent_queries=128,
-                                    unknown_outcome_cost=unknown_outcome_cost,
-                                    fail_fast_after=fail_fast_after) as runtime:
-                try:
+            runtime: Optional[Runtime] = None
+            try:
+                async with open_runtime(run.specs, out, run_id=f"{run_id}-{pair.name}",
+                                        budget=budget, max_tokens=run.max_tokens,
+                                        max_concurrent_queries=128,
+                                        unknown_outcome_cost=unknown_outcome_cost,
+                                        fail_fast_after=fail_fast_after) as runtime:
+                    finished.append(run)
                     say(f"== {pair.name}: {len(run.data.train)} train / "
                         f"{len(run.data.validation)} validation / {len(run.data.test)} test "
                         f"queries, {len(run.llms)} LLMs")
@@ -96,21 +115,22 @@ async def run_grid(
                     for cell in cells:
                         await run.run(cell, runtime.pipeline)
                     say(f"   {len(cells)} cells done")
-                finally:
-                    finished.append(run)
-                    encoder.save_cache()
-            write(runtime)
+            finally:
+                encoder.save_cache()
+                if runtime is not None:  # the pool is closed: its ledger is complete
+                    grid.spending.append(runtime.spending())
+            write()
         status = "complete"
-        write(None)
+        write()
         return grid
     except BudgetExceeded as stop:
         status = f"stopped by the budget cap: {stop}"
-        write(None)
+        write()
         raise BudgetStop(stop, kept=f"every finished cell is stored under {out} and "
                                     f"{out / 'results.md'} has its tables") from None
     except BaseException as exc:
         status = "stopped before the end: " + (
             "interrupted" if not isinstance(exc, Exception) else str(exc))
         if finished:
-            write(None)
+            write()
         raise

@@ -43,7 +43,6 @@ import numpy as np
 import torch
 
 from masr_graph.errors import ConfigError
-from masr_graph.llm import LLMSpec
 from masr_graph.plan import Plan
 from masr_graph.replay import load_world, split_examples_of, world_split
 from masr_graph.replay.rules import DEFAULT_RULE

@@ -14,7 +14,6 @@ Typical use (the protocol, :mod:`.protocol`, does this for every pair and method
 from __future__ import annotations
 
 import contextlib
-import random
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, AsyncIterator, Optional, Sequence
@@ -22,7 +21,6 @@ from typing import Any, AsyncIterator, Optional, Sequence
 import torch
 from tqdm.auto import tqdm
 
-from masr_graph.errors import ConfigError
 from masr_graph.llm import (
     DEFAULT_FAIL_FAST_AFTER,
     Budget,
@@ -183,14 +181,6 @@ async def open_runtime(
         pool.ledger.to_jsonl(out / "ledgers" / f"{run_id}.jsonl")
 
 
-def vocab_for_pool(trained_on: NodeVocab, specs: Sequence[LLMSpec]) -> NodeVocab:
-    """The vocabulary to route over ``specs`` with a router trained on ``trained_on``: the
-    trained tasks, the installed modes and roles (what the runtime can execute now) and the
-    pool's LLMs. The router has no parameter tied to a node, so the pool may differ from the
-    one it was trained on."""
-    return NodeVocab.from_registries(specs, tasks=trained_on.tasks)
-
-
 def make_trainer(
     specs: Sequence[LLMSpec],
     pipeline: Pipeline,
@@ -222,7 +212,8 @@ def make_trainer(
     torch.manual_seed(seed)
     if init_from is not None:
         start = load_checkpoint(init_from, encoder=encoder)
-        router, vocab = start.router, vocab_for_pool(start.vocab, specs)
+        router = start.router
+        vocab = NodeVocab.from_registries(specs, tasks=start.vocab.tasks)
     else:
         router = MasRouter(DEFAULT_ROUTER_CONFIG, encoder=encoder)
         vocab = NodeVocab.from_registries(specs)

@@ -238,6 +238,14 @@ def target_checks(reports: Sequence[PairReport]) -> list[TargetCheck]:
     return checks
 
 
+def _errors(report: PairReport, method: str) -> int:
+    """Failed queries (no answer: every agent's call failed, or the run broke) of ``method``
+    over its cells; each counts as wrong."""
+    cells = {(s.cost_lambda if not s.lambda_independent else None): s.errors
+             for s in report.scores if s.method == method}
+    return sum(cells.values())
+
+
 def _fmt(score: Optional[MethodScore]) -> str:
     if score is None:
         return "–"
@@ -258,30 +266,42 @@ def report_markdown(reports: Sequence[PairReport], checks: Sequence[TargetCheck]
     for check in checks:
         met = "n/a" if check.met is None else ("yes" if check.met else "**no**")
         lines.append(f"| {check.name} | {met} | {check.detail} |")
-    lines += ["", "Cells: utility [95 % CI] · accuracy · $ per query (notional for replay), mean "
+    dollars = ("notional: recorded list prices, nothing was paid"
+               if str(meta.get("$ figures", "real")) != "real" else "real: what was charged")
+    lines += ["", f"Cells: utility [95 % CI] · accuracy · $ per query ({dollars}), mean "
                   "over seeds.", ""]
     for r in reports:
         lams = r.lambdas
         lines += [f"## {r.pair}", "", "| method | " + " | ".join(f"λ={lam:g}" for lam in lams)
-                  + " | hypervolume |", "|---|" + "---|" * (len(lams) + 1)]
+                  + " | hypervolume | errors |", "|---|" + "---|" * (len(lams) + 2)]
         shown = [MASROUTER, "best fixed plan", "kNN router", "MLP router", "MF router",
                  "logistic router", "random plans", ORACLE]
         for method in shown:
             if any(s.method == method for s in r.scores):
                 lines.append(f"| {method} | " + " | ".join(_fmt(r.score(method, lam))
                                                         for lam in lams)
-                             + f" | {r.hypervolumes.get(method, float('nan')):.4f} |")
+                             + f" | {r.hypervolumes.get(method, float('nan')):.4f} | "
+                             f"{_errors(r, method)} |")
         best_single = [max((s for s in r.scores if s.group == "single LLM" and s.cost_lambda
                             == lam), key=lambda s: s.utility, default=None) for lam in lams]
         lines.append("| best single LLM (in hindsight) | " + " | ".join(
             f"{_fmt(s)} ({s.method})" if s else "–" for s in best_single)
-            + f" | {r.hypervolumes.get(ALL_SINGLES, float('nan')):.4f} |")
+            + f" | {r.hypervolumes.get(ALL_SINGLES, float('nan')):.4f} | |")
         lines.append("| best non-oracle baseline | " + " | ".join(
             f"{r.best_baseline[lam][1]:.3f} ({r.best_baseline[lam][0]})"
-            if lam in r.best_baseline else "–" for lam in lams) + " | |")
+            if lam in r.best_baseline else "–" for lam in lams) + " | | |")
         lines.append("| regret (best baseline − MasRouter) | " + " | ".join(
-            f"{r.regret[lam]:+.4f}" if lam in r.regret else "–" for lam in lams) + " | |")
+            f"{r.regret[lam]:+.4f}" if lam in r.regret else "–" for lam in lams) + " | | |")
         lines.append("")
+        fixed = sorted((s for s in r.scores if s.lambda_independent
+                        and s.cost_lambda == r.middle_lambda), key=lambda s: -s.utility)
+        if fixed:
+            lines += [f"Every fixed method at λ={r.middle_lambda:g} (single LLMs, fixed modes, "
+                      "votes, random), best first:", "",
+                      "| method | kind | utility [95 % CI] · accuracy · $ per query | errors |",
+                      "|---|---|---|---:|"]
+            lines += [f"| {s.method} | {s.group} | {_fmt(s)} | {s.errors} |" for s in fixed]
+            lines.append("")
         if r.distributions:
             lines += [f"Plans at λ={r.middle_lambda:g} over the test queries:", "",
                       "| method | distinct teams | distinct plans | top plan (share) | modes | "

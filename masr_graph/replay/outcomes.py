@@ -28,8 +28,7 @@ inside every prompt built from it) and the per-LLM scores.
 * HumanEval and MBPP examples are the benchmark loaders' own (ids ``HumanEval/N``, ``mbpp/N``),
   so the tests, entry points and reference solutions come from the benchmark files.
 
-The replay benchmark (:class:`ReplayBenchmark`) splits the table into train and test, per task
-(see :func:`make_replay_split` for the protocol), and saves the split as JSON of ids.
+Splits of this world into train, validation and test are :func:`masr_graph.replay.world_split`'s.
 """
 from __future__ import annotations
 
@@ -43,7 +42,6 @@ from pathlib import Path
 from types import MappingProxyType
 from typing import Any, Mapping, Optional, Sequence
 
-from sklearn.model_selection import train_test_split
 
 from masr_graph.benchmarks.tasks import gsm8k, mmlu
 from masr_graph.benchmarks.data.data_dir import (
@@ -57,7 +55,6 @@ from masr_graph.benchmarks.data.data_dir import (
 from masr_graph.benchmarks.tasks.datasets import Example
 from masr_graph.benchmarks.tasks.extraction import last_boxed
 from masr_graph.benchmarks.tasks.registry import load_benchmark
-from masr_graph.benchmarks.tasks.splits import TRAIN_FRACTION, Split, load_split, save_split
 
 from ..errors import ConfigError, DataError
 
@@ -426,57 +423,6 @@ def _example(
                    {"choices": [str(c) for c in choices]})
 
 
-def make_replay_split(
-    table: OutcomeTable, seed: int = 0, train_fraction: float = TRAIN_FRACTION
-) -> Split:
-    """Split the recorded queries into train and test, task by task.
-
-    Protocol: for each task, ``round(train_fraction * n_task)`` queries go to train, drawn at
-    random (scikit-learn ``train_test_split``, ``random_state=seed``) among the queries *not*
-    scored in LLMRouter's ``test.json``; every other query — all of ``test.json``'s included — is
-    test. Duplicates were removed before (see :func:`load_outcome_table`), so no question is on
-    both sides. The default fraction is the benchmarks' :data:`TRAIN_FRACTION` (MasRouter's
-    20 % train / 80 % test).
-
-    Raises:
-        ConfigError: ``train_fraction`` is not in (0, 1), or a task has too few queries outside
-            ``test.json`` to fill its train share.
-    """
-    if not 0.0 < train_fraction < 1.0:
-        raise ConfigError(f"train_fraction must be in (0, 1) (got {train_fraction!r})")
-    train: list[str] = []
-    sizes = []
-    for task in REPLAY_TASKS:
-        queries = table.task_queries(task)
-        pool = [query.id for query in queries if not query.in_test_file]
-        wanted = round(train_fraction * len(queries))
-        if wanted > len(pool):
-            raise ConfigError(
-                f"{task}: a train share of {train_fraction} needs {wanted} queries outside "
-                f"test.json but only {len(pool)} exist; lower train_fraction"
-            )
-        if 0 < wanted < len(pool):
-            chosen, _ = train_test_split(pool, train_size=wanted, random_state=seed, shuffle=True)
-            train.extend(chosen)
-        elif wanted:
-            train.extend(pool)
-        sizes.append(f"{task} {wanted}/{len(queries) - wanted}")
-    chosen_ids = set(train)
-    return Split(
-        benchmark=REPLAY_BENCHMARK,
-        seed=seed,
-        train_ids=tuple(q.id for q in table.queries if q.id in chosen_ids),
-        test_ids=tuple(q.id for q in table.queries if q.id not in chosen_ids),
-        protocol=(
-            f"{REPLAY_BENCHMARK}: {table.describe()}. Split per task: {train_fraction:.0%} of the "
-            f"queries drawn at random into train from those not in LLMRouter's test.json "
-            f"(scikit-learn train_test_split, random_state={seed}); all others, every test.json "
-            f"query included, are test (train/test: {', '.join(sizes)})"
-        ),
-        data_checksums=dict(table.data_checksums),
-    )
-
-
 def recorded_outcome(
     query: RecordedQuery, llm: str, *, sample_index: int = 0, seed: Optional[int] = None
 ) -> bool:
@@ -499,72 +445,3 @@ def recorded_outcome(
     return uniform < score
 
 
-class ReplayBenchmark:
-    """The replay benchmark: the recorded queries of the five tasks with a seeded, saved split.
-
-    Args:
-        seed: seed of the split.
-        train_fraction: share of each task that goes to train (see :func:`make_replay_split`).
-        data_dir: data directory (``None``: ``$MASR_DATA_DIR``, then ``../shared/data``).
-        split_file: JSON file of the split's ids. If it exists it is loaded (and must match the
-            data and ``seed``); otherwise the split is drawn and written there. ``None`` keeps the
-            split in memory (write it with :meth:`save_split`).
-
-    Raises:
-        DataError: the split file was drawn from other data or names unknown ids.
-        ConfigError: the split file is not a replay split or has another seed.
-    """
-
-    def __init__(
-        self,
-        *,
-        seed: int = 0,
-        train_fraction: float = TRAIN_FRACTION,
-        data_dir: Optional[PathLike] = None,
-        split_file: Optional[PathLike] = None,
-    ):
-        self.table = load_outcome_table(data_dir)
-        if split_file is not None and Path(split_file).exists():
-            self.split = self._checked(load_split(split_file), seed, split_file)
-        else:
-            self.split = make_replay_split(self.table, seed, train_fraction)
-            if split_file is not None:
-                save_split(self.split, split_file)
-
-    def _checked(self, split: Split, seed: int, source: PathLike) -> Split:
-        if split.benchmark != REPLAY_BENCHMARK:
-            raise ConfigError(f"split file {str(source)!r} is a {split.benchmark!r} split, "
-                              f"not a {REPLAY_BENCHMARK!r} one")
-        if split.seed != seed:
-            raise ConfigError(f"split file {str(source)!r} was drawn with seed {split.seed}, "
-                              f"not {seed}; pass seed={split.seed} or another file")
-        changed = sorted(name for name, digest in split.data_checksums.items()
-                         if self.table.data_checksums.get(name) != digest)
-        if changed:
-            raise DataError(
-                f"split file {str(source)!r} was drawn from other data: {changed} differ under "
-                f"{str(self.table.data_dir)!r}; use the original data or draw a new split"
-            )
-        for part in ("train", "test"):
-            for query_id in split.ids(part):
-                self.table.query(query_id)
-        return split
-
-    @property
-    def tasks(self) -> tuple[str, ...]:
-        return REPLAY_TASKS
-
-    def queries(self, part: str = "test", task: Optional[str] = None) -> list[RecordedQuery]:
-        """Recorded queries of one part (``"train"`` or ``"test"``), optionally of one task."""
-        if task is not None:
-            _check_task(task)
-        found = [self.table.query(query_id) for query_id in self.split.ids(part)]
-        return [query for query in found if task is None or query.task == task]
-
-    def examples(self, part: str = "test", task: Optional[str] = None) -> list[Example]:
-        """Examples of one part (``"train"`` or ``"test"``), optionally of one task."""
-        return [query.example for query in self.queries(part, task)]
-
-    def save_split(self, path: PathLike) -> Path:
-        """Write the split's ids, seed, protocol and data checksums as JSON; returns the path."""
-        return save_split(self.split, path)

@@ -57,7 +57,7 @@ import functools
 import hashlib
 from collections import Counter
 from dataclasses import dataclass
-from typing import Callable, Optional, Protocol, Sequence, runtime_checkable
+from typing import Optional, Protocol, Sequence, runtime_checkable
 
 from masr_graph.benchmarks.tasks.datasets import Example
 from masr_graph.benchmarks.tasks.registry import answer_key, evaluate
