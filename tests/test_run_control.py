@@ -355,3 +355,16 @@ def test_results_tables_have_an_errors_column():
     fixed = lines.index("| method | kind | utility [95 % CI] · accuracy · $ per query | errors |")
     assert lines[fixed + 2].startswith("| gpt (IO) | single LLM |")
     assert lines[fixed + 2].endswith("| 3 |")  # one cell, shown at the middle λ
+
+
+def test_outputs_of_another_backend_are_not_resumed(tmp_path: Path, capsys):
+    """The same --out with another collaboration rule would mix two worlds' stored outcomes:
+    the run refuses with one line instead."""
+    out = tmp_path / "run"
+    args = ["--world", "llmrouter", "--benchmarks", "gsm8k", "--out", str(out), *TINY]
+    assert run_all.main(args) == 0
+    capsys.readouterr()
+    assert run_all.main([*args, "--rule", "stubborn"]) == 1
+    (line,) = [line for line in error_lines(capsys.readouterr().err) if not line.startswith("==")]
+    assert line.startswith(f"run_all.py: error: {out / 'llmrouter-all-gsm8k'} holds outputs of a "
+                           "different backend (collaboration_rule changed")

@@ -23,7 +23,7 @@ from masr_graph.runtime.engine import MASExecutor, QueryItem
 from masr_graph.runtime.trace import Trace
 
 from ..tasks.datasets import Example, Score
-from ..tasks.registry import aevaluate, answer_key
+from ..tasks.registry import aevaluate, answer_key, scorer_fingerprint
 from ..reporting.results import QueryResult, RunStore
 
 
@@ -45,8 +45,11 @@ class ScoreCache:
 
     @staticmethod
     def key(example: Example, reply: str) -> str:
+        """The example, the reply's digest and the scorer's code (:func:`scorer_fingerprint`):
+        a changed evaluator never reads verdicts of its earlier version."""
         digest = hashlib.sha256(reply.encode("utf-8")).hexdigest()
-        return f"{example.task}\x1f{example.id}\x1f{digest}"
+        scorer = scorer_fingerprint(example.task)[:16]
+        return f"{example.task}\x1f{example.id}\x1f{digest}\x1f{scorer}"
 
     def get(self, example: Example, reply: str) -> Optional[Score]:
         key = self.key(example, reply)

@@ -58,6 +58,7 @@ from masr_graph.router.library import (
 
 from ..reporting.results import QueryResult, RunStore
 from ..tasks.datasets import Example
+from ..tasks.registry import scorer_fingerprint
 from ..tasks.splits import make_split, save_split, split_examples
 from .baselines import RandomPlans, SingleLLM, generalist_role
 from .library import OutcomeStore, SingleOutcomes, build_library, execute, plan_key, single_plans
@@ -199,6 +200,10 @@ def _sample(examples: list[Example], limit: Optional[int], seed: int) -> list[Ex
     return [examples[int(i)] for i in chosen]
 
 
+RESUME_KEYS = ("backend", "collaboration_rule", "token_rule", "llms", "data_checksums", "code")
+"""What a pair's stored outputs depend on besides its settings (see ``backend_info``)."""
+
+
 class PairRun:
     """What the cells of one pair share, built once and kept under ``out/<pair name>``.
 
@@ -218,6 +223,7 @@ class PairRun:
         self.specs, self.backend = pool_specs(pair.pool, world=pair.world, task=pair.task,
                                               data_dir=data_dir, rule=settings.rule)
         self.llms = [spec.name for spec in self.specs]
+        self._check_backend()
         train, validation, test = self._split(data_dir)
         seed = settings.split_seed
         self.data = PairData(
@@ -237,6 +243,23 @@ class PairRun:
             if library_file.exists() else [])
         self.train_outcomes: Optional[LibraryOutcomes] = None
         self.validation_outcomes: Optional[LibraryOutcomes] = None
+
+    def _check_backend(self) -> None:
+        """Refuse to resume outputs made by another backend: a different collaboration rule,
+        replay code, recorded data or pool would silently mix two worlds' outcomes."""
+        stated = {key: self.backend.get(key) for key in RESUME_KEYS}
+        stated["scorer"] = scorer_fingerprint(self.pair.task)
+        path = self.out / "backend.json"
+        if path.exists():
+            stored = json.loads(path.read_text())
+            changed = [key for key in stated if stored.get(key) != stated[key]]
+            if changed:
+                raise ConfigError(
+                    f"{self.out} holds outputs of a different backend ({', '.join(changed)} "
+                    f"changed since they were made); use a fresh --out, or delete {self.out} to "
+                    "recompute this pair")
+        else:
+            path.write_text(json.dumps(stated, indent=1))
 
     def _split(self, data_dir: Optional[Path]) -> tuple[list[Example], list[Example],
                                                         list[Example]]:

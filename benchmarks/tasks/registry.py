@@ -15,18 +15,20 @@ look-up. Code tasks run in the sandbox, which has its own limits.
 from __future__ import annotations
 
 import asyncio
+import functools
 import inspect
 import math
 import os
 import pickle
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Awaitable, Callable, Optional, Sequence
 
 from tqdm.auto import tqdm
 
 from masr_graph.errors import ConfigError
 
-from ..data.data_dir import PathLike
+from ..data.data_dir import PathLike, files_sha256
 from . import gsm8k, humaneval, math_dataset, mbpp, mmlu
 from .datasets import TASK_DOMAINS, Example, Score
 from .scorer_pool import TIMEOUT_S, default_pool
@@ -102,6 +104,25 @@ def register_benchmark(benchmark: Benchmark, *, replace: bool = False) -> None:
                     f"({error})"
                 ) from None
     _REGISTRY[benchmark.name] = benchmark
+    scorer_fingerprint.cache_clear()
+
+
+@functools.lru_cache(maxsize=None)
+def scorer_fingerprint(task: str) -> str:
+    """sha256 of the code that scores ``task``: this package's sources and the file that defines
+    the task's evaluator (a user's benchmark). Caches of verdicts key on it, so a changed
+    evaluator never serves verdicts of its earlier version.
+
+    Raises:
+        ConfigError: unknown task.
+    """
+    benchmark = get_benchmark(task)
+    files = sorted(Path(__file__).parent.glob("*.py"))
+    for function in (benchmark.evaluate, benchmark.aevaluate, benchmark.answer_key):
+        source = inspect.getsourcefile(function) if function is not None else None
+        if source and Path(source).resolve() not in {f.resolve() for f in files}:
+            files.append(Path(source))
+    return files_sha256(files)
 
 
 def benchmark_names() -> list[str]:

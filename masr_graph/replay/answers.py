@@ -26,10 +26,14 @@ candidate). The exception is a MATH gold that is a plain number: another number 
 equivalent to it, and the sympy-based check costs ~10 ms. Code is not run here (that takes a
 sandbox process); the test suite runs every synthesised code reply against its tests.
 
-A query has a short list of wrong candidates (GSM8K 12, MATH 4, MMLU 3, code 2) and a hash of
-(LLM, query) says where in that list an LLM starts, so different LLMs usually give different
-wrong answers and agreement among agents is evidence of correctness, as for real models; two
-LLMs can still share a wrong answer.
+How often wrong agents agree decides what a vote is worth, so it is replayed at the rate real
+LLMs show, not invented. A query has a list of wrong candidates (GSM8K 12, MATH 10, MMLU 3, code
+2); its first is the query's "attractive" wrong answer, and a hash of (LLM, query) draws an LLM's
+wrong answer: the attractive one with probability ``q``, else one of the others uniformly, with
+``q`` set so that two wrong LLMs give the same wrong answer at :data:`WRONG_AGREEMENT`'s rate —
+measured on the ZeroEval recordings (43 real LLMs' GSM8K replies: 0.412; 41 LLMs' MATH level-5
+replies: 0.116; ``tests/test_replay.py`` recounts both from the data). MMLU has no recording of
+wrong letters, so its three wrong letters are drawn uniformly (agreement 1/3), an assumption.
 
 Modelling limit: every correct code reply to a query is the same program (the reference), so a
 majority vote groups them; real models' correct programs differ in text, and the code answer key
@@ -44,6 +48,7 @@ from __future__ import annotations
 import ast
 import functools
 import hashlib
+import math
 import warnings
 from fractions import Fraction
 from typing import Callable, Sequence
@@ -59,7 +64,14 @@ WRONG_CODE_BODIES: tuple[str, ...] = ("return None", "raise NotImplementedError(
 tried and rejected: it passes MBPP 698, whose tests compare dicts, which ignore order.)"""
 
 _GSM8K_OFFSETS = (1, -1, 2, -2, 3, 5, -5, 10, -10, 4, 6, -3)
-_MATH_OFFSETS = (1, -1, 2, 10)
+_MATH_OFFSETS = (1, -1, 2, 10, -2, 3, 5, -10, 4, 20)
+_MATH_EXPRESSION_WRONGS = ("{gold}+1", "{gold}+2", "{gold}+3", "2*({gold})", "{gold}+4",
+                           "{gold}+5", "0", "1", "2", "3")
+
+WRONG_AGREEMENT: dict[str, float] = {"gsm8k": 0.412, "math": 0.116}
+"""Probability that two LLMs wrong on the same question give the same wrong answer, measured
+on the ZeroEval recordings with the project's evaluators (module docstring). Tasks not listed
+draw their wrong candidates uniformly."""
 _REASONING = {
     "gsm8k": "Working through the quantities in the problem step by step gives {answer}.",
     "math": "Solving the problem step by step leads to the result below.",
@@ -100,10 +112,32 @@ def _reply(example: Example, llm: str, correct: bool) -> str:
     return write(example, llm, correct)
 
 
+def attractive_share(candidates: int, agreement: float) -> float:
+    """``q`` such that two independent draws — the first candidate with probability ``q``, else
+    one of the other ``candidates − 1`` uniformly — coincide with probability ``agreement``
+    (``q² + (1 − q)² / (candidates − 1)``); ``1 / candidates`` (uniform) when ``agreement`` is
+    below what uniform draws give."""
+    n = candidates
+    if n < 2 or agreement <= 1 / n:
+        return 1 / n
+    return (1 + math.sqrt(1 - n + n * agreement * (n - 1))) / n
+
+
+def wrong_candidate(llm: str, example: Example, candidates: int) -> int:
+    """Index of ``llm``'s wrong answer to ``example`` among ``candidates`` (see the module
+    docstring): deterministic per (LLM, query), at the task's :data:`WRONG_AGREEMENT`."""
+    agreement = WRONG_AGREEMENT.get(example.task, 1 / max(candidates, 1))
+    q = attractive_share(candidates, agreement)
+    u = _digest(llm, example.id) / 2**64
+    if u < q or candidates < 2:
+        return 0
+    return 1 + min(int((u - q) / (1 - q) * (candidates - 1)), candidates - 2)
+
+
 def _first_rejected(example: Example, llm: str, candidates: Sequence[str]) -> str:
-    """The first candidate reply, starting at a place chosen by hashing ``(llm, example.id)`` and
-    wrapping around, that the benchmark's evaluator scores as wrong."""
-    start = _digest(llm, example.id) % len(candidates)
+    """The first candidate reply, starting at :func:`wrong_candidate` and wrapping around, that
+    the benchmark's evaluator scores as wrong."""
+    start = wrong_candidate(llm, example, len(candidates))
     for reply in (*candidates[start:], *candidates[:start]):
         if _evaluator_rejects(example, reply):
             return reply
@@ -141,10 +175,10 @@ def _math(example: Example, llm: str, correct: bool) -> str:
         # A plain-number gold: another number can never be equivalent, so the (slow, sympy-based)
         # evaluator is not consulted.
         wrongs = _shifted_numbers(number, _MATH_OFFSETS)
-        return _math_reply(wrongs[_digest(llm, example.id) % len(wrongs)])
-    # Expressions, intervals, text: a shifted expression, then plain numbers; the evaluator
+        return _math_reply(wrongs[wrong_candidate(llm, example, len(wrongs))])
+    # Expressions, intervals, text: shifted expressions, then plain numbers; the evaluator
     # decides which of them is really not equivalent.
-    wrongs = [f"{example.answer}+1", f"{example.answer}+2", "1", "2"]
+    wrongs = [wrong.format(gold=example.answer) for wrong in _MATH_EXPRESSION_WRONGS]
     return _first_rejected(example, llm, [_math_reply(wrong) for wrong in wrongs])
 
 

@@ -38,11 +38,12 @@ import asyncio
 import functools
 import hashlib
 from dataclasses import dataclass
+from pathlib import Path
 from itertools import accumulate, chain
 from typing import Any, Iterable, Optional, Sequence, Union
 from urllib.parse import parse_qsl, urlencode, urlsplit
 
-from masr_graph.benchmarks.data.data_dir import PathLike
+from masr_graph.benchmarks.data.data_dir import PathLike, files_sha256
 
 from ..errors import ConfigError, DataError, UnknownQueryError
 from ..llm.pool import LLMPool
@@ -394,7 +395,17 @@ def backend_info(source: Union[str, LLMPool, Iterable[LLMSpec], None] = None) ->
         "outcomes": world.describe(),
         "data_dir": str(world.data_dir),
         "data_checksums": dict(world.data_checksums),
+        "code": replay_code_fingerprint(),
     }
+
+
+@functools.lru_cache(maxsize=1)
+def replay_code_fingerprint() -> str:
+    """sha256 of the replay package's code and packaged data (reply synthesis, rules, their
+    calibration tables, token counting): outputs stored under one fingerprint are not resumed
+    under another (:class:`~masr_graph.benchmarks.experiment.protocol.PairRun`)."""
+    package = Path(__file__).parent
+    return files_sha256(sorted([*package.glob("*.py"), *package.glob("data/*")]))
 
 
 register_transport(REPLAY_SCHEME, ReplayTransport)

@@ -45,7 +45,12 @@ from masr_graph.benchmarks.data.data_dir import (
     resolve_data_dir,
 )
 from masr_graph.benchmarks.tasks.datasets import Example
-from masr_graph.benchmarks.tasks.registry import answer_key, evaluate, load_benchmark
+from masr_graph.benchmarks.tasks.registry import (
+    answer_key,
+    evaluate,
+    load_benchmark,
+    scorer_fingerprint,
+)
 
 from ..errors import ConfigError, DataError
 
@@ -334,7 +339,7 @@ def reply_verdicts(table: ReplyTable, task: str) -> Mapping[tuple[str, str], Ver
 @functools.lru_cache(maxsize=4)
 def _reply_verdicts(table: ReplyTable, task: str) -> Mapping[tuple[str, str], Verdict]:
     digest = hashlib.sha256(
-        (repr(sorted(table.data_checksums.items())) + _evaluator_fingerprint(task)).encode()
+        (repr(sorted(table.data_checksums.items())) + task + ":" + scorer_fingerprint(task)).encode()
     ).hexdigest()[:16]
     cached = cache_dir() / f"zeroeval-verdicts-v{_CACHE_VERSION}-{task}-{digest}.pickle"
     if cached.is_file():
@@ -352,10 +357,3 @@ def _reply_verdicts(table: ReplyTable, task: str) -> Mapping[tuple[str, str], Ve
     return verdicts
 
 
-def _evaluator_fingerprint(task: str) -> str:
-    """sha256 of the source of the evaluator package, so cached verdicts follow every evaluator
-    change (a change to an unrelated evaluator only costs one recomputation)."""
-    from masr_graph.benchmarks import tasks
-
-    sources = sorted(Path(tasks.__file__).parent.glob("*.py"))
-    return task + ":" + files_sha256(sources)
