@@ -35,9 +35,10 @@ from __future__ import annotations
 import itertools
 import json
 import math
+import os
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any, Optional, Sequence
+from typing import Any, Callable, Optional, Sequence
 
 import numpy as np
 import torch
@@ -53,7 +54,7 @@ from masr_graph.router.library import (
     LibraryOutcomes,
     LibraryPolicy,
     LibraryTrainer,
-    validation_gate,
+    gate_evidence,
 )
 
 from ..reporting.results import QueryResult, RunStore
@@ -303,8 +304,10 @@ class PairRun:
             self.validation_outcomes = outcomes.matrix(self.library, self.data.validation)
         finally:
             outcomes.close()
-        (self.out / "library.json").write_text(json.dumps(
-            [plan_key(plan) for plan in self.library], indent=0))
+        # Atomically: cells in other processes read it while a rerun of prepare rewrites it.
+        tmp = self.out / f"library.json.{os.getpid()}.tmp"
+        tmp.write_text(json.dumps([plan_key(plan) for plan in self.library], indent=0))
+        tmp.replace(self.out / "library.json")
         return ran
 
     def _require_prepared(self) -> tuple[LibraryOutcomes, LibraryOutcomes]:
@@ -312,7 +315,8 @@ class PairRun:
             raise ConfigError(f"pair {self.pair.name}: prepare() must run before its cells")
         return self.train_outcomes, self.validation_outcomes
 
-    def router(self, seed: int, checkpoint: Optional[Path] = None) -> LibraryPolicy:
+    def router(self, seed: int, checkpoint: Optional[Path] = None, *,
+               on_step: Optional[Callable[[int, dict], None]] = None) -> LibraryPolicy:
         """MasRouter of ``seed``: trained on the library outcomes of the training queries,
         weights and gate chosen on the validation queries (or loaded when its checkpoint
         exists); the training curve and the gate go next to the checkpoint
@@ -322,6 +326,7 @@ class PairRun:
             seed: the training seed.
             checkpoint: where the checkpoint lives (default ``masrouter-seed<seed>.pt`` in the
                 pair's folder).
+            on_step: called after each training step (see :meth:`LibraryTrainer.fit`).
         """
         path = checkpoint or self.out / f"masrouter-seed{seed}.pt"
         if path.exists():
@@ -333,14 +338,18 @@ class PairRun:
         trainer = LibraryTrainer(router, self.vocab, train, validation, LibraryConfig(
             lambdas=self.settings.lambdas, steps=self.settings.router_steps, seed=seed,
             temperature=self.settings.router_temperature))
-        history = trainer.fit()
-        gate = {self.domain: validation_gate(router, self.vocab, train, validation,
-                                             self.settings.lambdas)}
+        history = trainer.fit(on_step=on_step)
+        evidence = gate_evidence(router, self.vocab, train, validation, self.settings.lambdas)
+        gate = {self.domain: {lam: None if e["router"] >= e["fixed"] else int(e["fixed_plan"])
+                              for lam, e in evidence.items()}}
         save_checkpoint(path, router, self.vocab, library=self.library, gate=gate)
         path.with_suffix(".curve.json").write_text(json.dumps({
             "best_step": trainer.best_step,
             "gate": {f"{lam:g}": None if index is None else plan_key(self.library[index])
                      for lam, index in gate[self.domain].items()},
+            "gate_evidence": {f"{lam:g}": {"router_validation_utility": e["router"],
+                                           "fixed_validation_utility": e["fixed"]}
+                              for lam, e in evidence.items()},
             "points": [{"step": p.step, "executions": p.executions,
                         "train_objective": p.train_objective,
                         "validation_utility": p.validation_utility} for p in history],

@@ -96,9 +96,13 @@ class RouterConfig:
         mode_role_topk: mode–role similarity edges per node.
         query_role_topk: roles attached to each query node.
         query_llm_topk: LLMs attached to each query node.
+        team_aware_llms: condition each slot's LLM on the LLMs chosen for earlier slots (their
+            mean embedding and the repeat prior, see :mod:`.llm_router`); ``False`` chooses every
+            slot's LLM independently (the ablation).
 
     Raises:
-        ConfigError: a value is not a positive int or ``hidden_dim % heads != 0``.
+        ConfigError: a size is not a positive int, ``team_aware_llms`` not a bool, or
+            ``hidden_dim % heads != 0``.
     """
 
     text_dim: int = EMBEDDING_DIM
@@ -111,10 +115,16 @@ class RouterConfig:
     mode_role_topk: int = 8
     query_role_topk: int = 16
     query_llm_topk: int = 16
+    team_aware_llms: bool = True
 
     def __post_init__(self) -> None:
+        if not isinstance(self.team_aware_llms, bool):
+            raise ConfigError(f"RouterConfig.team_aware_llms must be a bool "
+                              f"(got {self.team_aware_llms!r})")
         for f in fields(self):
             value = getattr(self, f.name)
+            if f.name == "team_aware_llms":
+                continue
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise ConfigError(f"RouterConfig.{f.name} must be an int >= 1 (got {value!r})")
         if self.hidden_dim % self.heads:
@@ -123,7 +133,7 @@ class RouterConfig:
                 f"({self.heads})"
             )
 
-    def to_dict(self) -> dict[str, int]:
+    def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 
     @classmethod
@@ -193,7 +203,7 @@ class MasRouter(nn.Module):
         self.mode_selector = ModeSelector(c.hidden_dim, c.latent_dim)
         self.agent_counter = AgentCounter(c.hidden_dim, c.latent_dim, c.max_agents)
         self.role_allocator = RoleAllocator(c.hidden_dim, c.latent_dim)
-        self.llm_router = LLMRouter(c.hidden_dim, c.latent_dim)
+        self.llm_router = LLMRouter(c.hidden_dim, c.latent_dim, team_aware=c.team_aware_llms)
         self.lambda_encoder = mlp(LAMBDA_FEATURES, c.hidden_dim, c.hidden_dim)
         # The query's own text embedding, straight to the cascade: after the graph layers a
         # query node is mostly what its neighbours say, and per-query choices need its identity.

@@ -25,7 +25,7 @@ from __future__ import annotations
 import copy
 import math
 from dataclasses import asdict, dataclass, field
-from typing import Optional, Sequence
+from typing import Callable, Optional, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -246,8 +246,12 @@ class LibraryTrainer:
             parts["task_ce"] = float(task_ce.detach())
         return loss, parts
 
-    def fit(self, *, progress: bool = False) -> list[LibraryPoint]:
+    def fit(self, *, progress: bool = False,
+            on_step: Optional[Callable[[int, dict], None]] = None) -> list[LibraryPoint]:
         """Run :attr:`config.steps` steps; validate every ``eval_every`` steps and at the end.
+
+        ``on_step(step, parts)`` is called after each step with the batch's objective parts
+        (``expected_utility``, ``entropy``...), e.g. to show progress.
 
         Returns:
             The validation curve (one :class:`LibraryPoint` per pass).
@@ -272,6 +276,8 @@ class LibraryTrainer:
             torch.nn.utils.clip_grad_norm_(self.router.parameters(), 1.0)
             self.optimizer.step()
             running.append(parts["expected_utility"])
+            if on_step is not None:
+                on_step(step, parts)
             if step % c.eval_every == 0 or step == c.steps:
                 point = LibraryPoint(step, self.train.executions, sum(running) / len(running))
                 running = []
@@ -361,17 +367,27 @@ class LibraryPolicy:
         return routed
 
 
-def validation_gate(router: MasRouter, vocab: NodeVocab, train: LibraryOutcomes,
-                    validation: LibraryOutcomes, lambdas: Sequence[float]
-                    ) -> dict[float, Optional[int]]:
-    """Per λ, for a one-task library: ``None`` when the router's validation utility is at least
-    that of the library plan best on the training and validation queries together (the best
-    constant policy the data knows), else that plan's index (see :class:`LibraryPolicy`)."""
+def gate_evidence(router: MasRouter, vocab: NodeVocab, train: LibraryOutcomes,
+                  validation: LibraryOutcomes, lambdas: Sequence[float]
+                  ) -> dict[float, dict[str, float]]:
+    """Per λ, for a one-task library: the router's validation utility, the validation utility
+    of the library plan best on the training and validation queries together (the best constant
+    policy the data knows) and that plan's index (what :func:`validation_gate` decides on)."""
     routed = validation_utility(router, vocab, validation, lambdas)
-    gate: dict[float, Optional[int]] = {}
+    evidence: dict[float, dict[str, float]] = {}
     for lam in lambdas:
         best = int(torch.cat([train.utility(torch.tensor(lam)),
                               validation.utility(torch.tensor(lam))]).mean(0).argmax())
         fixed = float(validation.utility(torch.tensor(lam))[:, best].mean())
-        gate[float(lam)] = None if routed[float(lam)] >= fixed else best
-    return gate
+        evidence[float(lam)] = {"router": routed[float(lam)], "fixed": fixed,
+                                "fixed_plan": best}
+    return evidence
+
+
+def validation_gate(router: MasRouter, vocab: NodeVocab, train: LibraryOutcomes,
+                    validation: LibraryOutcomes, lambdas: Sequence[float]
+                    ) -> dict[float, Optional[int]]:
+    """Per λ: ``None`` when the router's validation utility is at least the best fixed plan's
+    (:func:`gate_evidence`), else that plan's index (see :class:`LibraryPolicy`)."""
+    return {lam: None if e["router"] >= e["fixed"] else int(e["fixed_plan"])
+            for lam, e in gate_evidence(router, vocab, train, validation, lambdas).items()}

@@ -63,10 +63,13 @@ class LLMRouter(nn.Module):
     Args:
         hidden_dim: size of the graph embeddings.
         latent_dim: size of ``z``.
+        team_aware: condition on the LLMs of earlier slots; ``False``: every slot on its own
+            (the earlier-LLM context is zero and there is no repeat prior).
     """
 
-    def __init__(self, hidden_dim: int, latent_dim: int) -> None:
+    def __init__(self, hidden_dim: int, latent_dim: int, *, team_aware: bool = True) -> None:
         super().__init__()
+        self.team_aware = team_aware
         self.scorer = BilinearScorer(5 * hidden_dim + latent_dim + 1, hidden_dim, hidden_dim)
         self.repeat_weight = nn.Parameter(torch.zeros(()))
         self.log_cost_scale = nn.Parameter(torch.tensor(math.log(INITIAL_COST_SCALE)))
@@ -117,12 +120,14 @@ class LLMRouter(nn.Module):
         chosen_mask = torch.zeros(batch, num_llms, dtype=query.dtype, device=query.device)
         choices: list[Choice] = []
         for s in range(slots):
-            earlier = chosen_sum / max(s, 1)
+            earlier = chosen_sum / max(s, 1) if self.team_aware else torch.zeros_like(query)
             context = torch.cat(
                 [per_query, agent_roles[:, s], upstream[:, s], earlier,
                  torch.full((batch, 1), float(s > 0), dtype=query.dtype, device=query.device)],
                 -1)
-            logits = self.scorer(context, llms) + cost_bias + self.repeat_weight * chosen_mask
+            logits = self.scorer(context, llms) + cost_bias
+            if self.team_aware:
+                logits = logits + self.repeat_weight * chosen_mask
             choice = choose(logits, forced=None if forced is None else forced[:, s],
                             greedy=greedy, generator=generator, what="LLM")
             choices.append(choice)
