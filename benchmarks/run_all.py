@@ -7,6 +7,8 @@ targets checked.
     python benchmarks/run_all.py --world zeroeval --pool paper5 --benchmarks gsm8k
     python benchmarks/run_all.py --lambdas 0 100 10000 --seeds 0 1
     python benchmarks/run_all.py --pool my_pool.yaml --benchmarks gsm8k --max-usd 5   # real LLMs
+    python benchmarks/run_all.py --ray --mlflow  # cells on a local Ray instance, runs in MLflow
+    python benchmarks/run_all.py --ray-address auto --max-usd 50   # on a running Ray cluster
 
 Pairs: by default the LLMRouter world's five tasks (its 9 LLMs) and the ZeroEval world's GSM8K
 and MATH level 5 with the ``paper5`` and ``all`` pools; ``--world`` / ``--pool`` / ``--benchmarks``
@@ -22,6 +24,15 @@ its split, plan library, outcome store, router checkpoints and training curves, 
 A rerun with the same ``--out`` resumes: every stored cell, outcome and checkpoint is reused.
 Results are rewritten after every pair and whenever the run stops.
 
+The grid is independent, resumable cells (one world, task, λ, seed and method each; see
+:mod:`masr_graph.benchmarks.experiment.grid`). ``--ray`` runs them on a local Ray instance and
+``--ray-address`` on a running cluster (the ``ray`` extra; :mod:`masr_graph.benchmarks.
+experiment.cluster`): scheduled by their CPU needs, with one budget (``--max-usd`` for the whole
+grid), one concurrency limit per LLM endpoint and one response cache shared by every worker; a
+killed worker's cells rerun from what they stored. Without it the same cells run in this
+process. ``--mlflow`` logs every cell as an MLflow run (the ``mlflow`` extra;
+:mod:`masr_graph.benchmarks.reporting.tracking`) to ``$MLFLOW_TRACKING_URI`` or ``--out/mlruns``.
+
 Exit status (the same as ``masr``, :mod:`masr_graph.exit_status`): 0 done, 1 error (one line says
 what to fix, e.g. a missing data directory, API-key variable or an unreachable LLM), 2 bad command
 line, 3 stopped by ``--max-usd`` (finished results are written; rerun with a higher cap to
@@ -35,7 +46,7 @@ import sys
 from pathlib import Path
 from typing import Optional, Sequence
 
-from masr_graph.benchmarks.experiment.grid import run_grid
+from masr_graph.benchmarks.experiment.grid import RayOptions, run_grid
 from masr_graph.benchmarks.experiment.protocol import (
     DEFAULT_PAIRS,
     ENDPOINTS,
@@ -101,7 +112,24 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
                         default=DEFAULT_FAIL_FAST_AFTER, metavar="N",
                         help="stop when an LLM's (or endpoint's) first N calls all fail for good "
                              f"(default: {DEFAULT_FAIL_FAST_AFTER}; 0: never)")
+    parser.add_argument("--ray", action="store_true",
+                        help="run the cells on a local Ray instance (the ray extra)")
+    parser.add_argument("--ray-address", default=None, metavar="ADDRESS",
+                        help="run the cells on the Ray cluster at ADDRESS ('auto': the one "
+                             "this machine belongs to); implies --ray")
+    parser.add_argument("--ray-workers", type=positive_int, default=None, metavar="N",
+                        help="CPUs of the local Ray instance (default: every core)")
+    parser.add_argument("--ray-retries", type=non_negative_int, default=3, metavar="N",
+                        help="reruns of a cell whose worker or node died (default: 3)")
+    parser.add_argument("--mlflow", action="store_true",
+                        help="log every cell as an MLflow run (the mlflow extra) to "
+                             "$MLFLOW_TRACKING_URI, default a file store in --out/mlruns")
+    parser.add_argument("--mlflow-experiment", default="masr_graph grid", metavar="NAME",
+                        help="the MLflow experiment (default: 'masr_graph grid')")
     args = parser.parse_args(argv)
+    if args.ray_workers is not None and args.ray_address is not None:
+        parser.error("--ray-workers sizes a local instance; a cluster at --ray-address has "
+                     "its own")
     try:
         args.pairs = select_pairs(args.world, args.pool, args.benchmarks)
     except ValueError as exc:
@@ -152,10 +180,24 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     return run_command("run_all.py", lambda: _run(args))
 
 
+def ray_options(args: argparse.Namespace) -> Optional[RayOptions]:
+    """The Ray flags as :class:`RayOptions` (``None``: run in this process)."""
+    if not (args.ray or args.ray_address or args.ray_workers):
+        return None
+    return RayOptions(address=args.ray_address, workers=args.ray_workers,
+                      max_retries=args.ray_retries)
+
+
 async def _run(args: argparse.Namespace) -> int:
+    tracker = None
+    if args.mlflow:
+        from masr_graph.benchmarks.reporting.tracking import GridTracker
+
+        tracker = GridTracker(args.out, experiment=args.mlflow_experiment)
     await run_grid(args.pairs, settings_for(args), args.out, data_dir=args.data_dir,
-                          max_usd=args.max_usd, unknown_outcome_cost=args.unknown_outcome_cost,
-                          fail_fast_after=args.fail_fast_after or None)
+                   max_usd=args.max_usd, unknown_outcome_cost=args.unknown_outcome_cost,
+                   fail_fast_after=args.fail_fast_after or None, ray=ray_options(args),
+                   tracker=tracker)
     print((args.out / "results.md").read_text(encoding="utf-8"))
     print(f"wrote {args.out}/results.md, results.json, fronts.png, plans.png, traces/, ledgers/")
     return 0

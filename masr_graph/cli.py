@@ -1,11 +1,12 @@
 """The ``masr`` command line: route queries, train and evaluate routers, serve one over HTTP,
-fetch and check the data.
+fetch and check the data, check a pool of endpoints before paying for it.
 
     masr route "What is 17 * 23?" --checkpoint router.pt --lam 100   # print the chosen plan
     masr train --benchmark gsm8k --checkpoint router.pt --max-usd 5
     masr eval --benchmark gsm8k --checkpoint router.pt --lam 10 100
     masr serve --checkpoint router.pt --port 8000 --api-key-env MASR_SERVER_KEY
     masr data fetch --dest ~/masr-data && masr data check --data-dir ~/masr-data
+    masr pool check pool.yaml        # keys set, endpoints reachable, models listed; nothing paid
 
 Every command runs on an offline recorded world (``--world zeroeval`` or ``llmrouter`` with
 ``--pool``: a named pool such as ``paper5``, ``all`` or a comma-separated list of recorded LLMs)
@@ -167,12 +168,25 @@ def build_parser() -> argparse.ArgumentParser:
     check.add_argument("--data-dir", type=Path, default=None,
                        help="data directory (default: $MASR_DATA_DIR, then ../shared/data)")
 
+    pool = commands.add_parser(
+        "pool", help="check a pool file of real endpoints before any paid call",
+        description="check: validate a pool YAML file, then for each LLM check that its API-key "
+                    "variable is set, that its endpoint answers GET /models and that it lists "
+                    "the LLM's model id. No chat call is made, so nothing is paid. One line per "
+                    "LLM; exit status 0 when every LLM is ok, 1 otherwise.")
+    pool_commands = pool.add_subparsers(dest="pool_command", required=True, metavar="ACTION")
+    pool_check = pool_commands.add_parser("check", help="check keys, endpoints and model ids")
+    pool_check.add_argument("pool_file", type=Path, metavar="POOL.yaml", help="the pool file")
+    pool_check.add_argument("--timeout", type=_seconds, default=10.0, metavar="S",
+                            help="how long each endpoint has to answer (default: 10)")
+
     serve = commands.add_parser(
         "serve", help="serve the router as an OpenAI-compatible HTTP API (model 'masr')",
         description="Serve /v1/models and /v1/chat/completions: model 'masr' routes the last user "
                     "message through the router, runs the multi-agent system and answers with "
-                    "the decision node's output; usage is summed over all agents and the plan is "
-                    "in the 'masr_plan' response field.")
+                    "the decision node's output (stream=true: as server-sent events); usage is "
+                    "summed over all agents and the plan is in the 'masr_plan' response field. "
+                    "GET /metrics serves Prometheus metrics.")
     serve.add_argument("--checkpoint", type=Path, required=True, help="router checkpoint (.pt)")
     _add_pool_options(serve)
     serve.add_argument("--task", default=None,
@@ -198,6 +212,14 @@ def build_parser() -> argparse.ArgumentParser:
                        help="sampling temperature of every agent (default: 0)")
     serve.add_argument("--max-concurrent-runs", type=positive_int, default=64,
                        help="multi-agent runs executing at once; more requests queue (default: 64)")
+    serve.add_argument("--max-queued", type=non_negative_int, default=1024, metavar="N",
+                       help="requests that may wait (being routed or for a run slot) beyond the "
+                            "running ones; more get 503 with Retry-After (default: 1024)")
+    serve.add_argument("--request-timeout-s", type=non_negative_float, default=300.0,
+                       metavar="S",
+                       help="longest a request may take (routing, queueing and its run); then "
+                            "the run is cancelled and the request gets 504 (default: 300; "
+                            "0: no limit)")
     serve.add_argument("--max-body-mb", type=positive_int, default=1,
                        help="largest request body accepted, in MiB; larger ones get a 413 with "
                             "OpenAI's error body (default: 1)")
@@ -379,6 +401,7 @@ async def _serve(args: argparse.Namespace) -> int:
                 max_usd=args.max_usd, unknown_outcome_cost=args.unknown_outcome_cost,
                 cache_path=args.cache, seed=args.seed, max_tokens=args.max_tokens,
                 temperature=args.temperature, max_concurrent_runs=args.max_concurrent_runs,
+                max_queued=args.max_queued, request_timeout_s=args.request_timeout_s or None,
                 max_body_bytes=args.max_body_mb * 2**20, cost_lambda=args.lam,
                 ready=lambda line: print(line, flush=True))
     return 0
@@ -405,6 +428,28 @@ def _data(args: argparse.Namespace) -> int:
     return 0
 
 
+async def _pool(args: argparse.Namespace) -> int:
+    from .llm import load_pool_config
+    from .llm.check import check_pool, summary
+
+    specs = load_pool_config(args.pool_file)
+    results = await check_pool(specs, timeout_s=args.timeout)
+    for result in results:
+        print(result.line(), flush=True)
+    if not all(r.ok for r in results):
+        raise ConfigError(summary(results, args.pool_file))
+    print(summary(results, args.pool_file))
+    return 0
+
+
+def _seconds(text: str) -> float:
+    """A finite number of seconds > 0 (a bad one is a usage error, status 2)."""
+    value = non_negative_float(text)
+    if value == 0:
+        raise argparse.ArgumentTypeError(f"must be a number of seconds > 0 (got {text})")
+    return value
+
+
 def _run_id(command: str) -> str:
     """A run id for the ledger file ``OUT/ledgers/<run id>.jsonl``: time, then a random suffix
     so two invocations in the same second keep separate ledgers."""
@@ -417,7 +462,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="masr: %(levelname)s %(name)s: %(message)s")
     commands: dict[str, Any] = {"route": _route, "train": _train, "eval": _eval, "serve": _serve,
-                                "data": _data}
+                                "data": _data, "pool": _pool}
     return run_command(f"masr {args.command}", lambda: commands[args.command](args),
                        resumable=args.command in ("train", "eval"))
 

@@ -36,6 +36,30 @@ class LLMCallError(MasrError):
         self.attempts = attempts
 
 
+class CircuitOpenError(LLMCallError):
+    """A call refused without a request because its endpoint's circuit breaker is open: the
+    endpoint's last calls kept failing, so the pool stops sending to it for a while and then
+    lets one trial request through (half-open). Nothing is sent, reserved or paid.
+
+    An :class:`LLMCallError`, so a run records the agent's failure and carries on (compare
+    :class:`LLMUnavailableError`, which stops a run whose LLM never answered).
+
+    Args:
+        llm: the LLM called.
+        endpoint: its ``base_url``.
+        reason: what the breaker saw (consecutive failures, the last error) and when it retries.
+        attempts: attempts the call made before it was refused.
+        retry_at: when the trial request will be allowed (``time.time()`` seconds), ``None``
+            while a trial request is in flight.
+    """
+
+    def __init__(self, llm: str, endpoint: str, reason: str, attempts: int,
+                 retry_at: float | None = None):
+        super().__init__(llm, reason, attempts)
+        self.endpoint = endpoint
+        self.retry_at = retry_at
+
+
 class LLMUnavailableError(MasrError):
     """An LLM's first calls of a run all failed for good and none was answered, so its endpoint,
     model id or key is most likely wrong: the run stops here instead of recording every later

@@ -14,11 +14,38 @@ decision node); the plan and the run's accounting travel in extra response field
     reply.masr_run                          # {"query_id", "calls", "cost_usd", ...}
 
 Pass ``extra_body={"masr_include_trace": True}`` to also get the full run trace (``masr_trace``).
+The cost preference λ of a request is its ``masr_cost_lambda`` field or a model name
+``masr-lambda-<λ>`` (default: the server's ``--lam``).
 
-Endpoints: ``GET /v1/models``, ``GET /v1/models/{id}``, ``POST /v1/chat/completions`` and an
-unauthenticated ``GET /health`` (status and router batching counters). Errors have OpenAI's body
+Streaming (``stream=true``): server-sent events in OpenAI's ``chat.completion.chunk`` format — a
+role chunk, the decision node's answer in content chunks (cut after whitespace, about
+:data:`STREAM_CHUNK_CHARS` characters each), a chunk with ``finish_reason`` that also carries
+``masr_plan``, ``masr_run`` (and ``masr_trace`` when asked), then with
+``stream_options={"include_usage": True}`` a chunk with ``choices: []`` and ``usage``, then
+``data: [DONE]``. The answer exists only once every agent has run, so the response starts (its
+status line and headers included) only then: every failure — validation, unknown query, budget
+cap, upstream failure, timeout, overload — is an ordinary JSON error response with its status,
+exactly as without streaming, and the SDKs raise their typed errors. After the first byte
+nothing is left to fail but the connection: when the client goes away the server stops writing
+(the run is finished and paid for) and counts ``masr_errors_total{type="client_disconnected"}``.
+Text and usage are those of the non-streaming answer to the same request.
+
+Endpoints: ``GET /v1/models``, ``GET /v1/models/{id}``, ``POST /v1/chat/completions``,
+``GET /metrics`` (Prometheus text format, or OpenMetrics when the scraper asks for it; behind the
+bearer key like ``/v1``, see :class:`ServeMetrics`) and an unauthenticated ``GET /health``
+(status, router batching and admission counters). Errors have OpenAI's body
 ``{"error": {"message", "type", "param", "code"}}``; errors a retry cannot fix carry
 ``x-should-retry: false``, which the OpenAI SDKs obey.
+
+Limits: a request runs for at most ``request_timeout_s`` from admission (routing, waiting for a
+run slot and the run); then its run is cancelled and it is answered 504 ``request_timeout``
+(not retried by the SDKs: the same run would take as long again). At most
+``max_concurrent_runs`` runs execute at once and ``max_queued`` more requests wait (being routed
+or for a slot); a request beyond that is answered at once with 503 ``server_overloaded``,
+``Retry-After`` (whole seconds) and ``retry-after-ms`` set to the recent mean request duration,
+which the SDKs wait before retrying. 503 and not 429 because the bound is the server's capacity,
+shared by all clients, and 429 here already means the budget cap is reached, which no retry
+fixes.
 
 Request bodies are strict JSON (RFC 8259): UTF-8, no ``NaN``/``Infinity``, no unpaired surrogate
 escapes, nested at most :data:`MAX_JSON_DEPTH` levels — anything else is a 400 ``invalid_json``,
@@ -33,8 +60,7 @@ the pool enforces each endpoint's own concurrency limit and the budget cap.
 Only the last user message is routed and answered: the agents' system prompts come from their
 roles, so a request's system messages and earlier turns are not forwarded. Sampling parameters
 (``temperature``, ``top_p``, ``max_tokens``...) are accepted for compatibility and ignored: the
-server's settings apply to every agent. Streaming is not supported (the answer exists only once
-every agent has run).
+server's settings apply to every agent.
 """
 from __future__ import annotations
 
@@ -46,13 +72,18 @@ import json
 import logging
 import math
 import os
+import re
 import signal
 import time
 import uuid
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Awaitable, Callable, Optional, Sequence
+from typing import Any, Awaitable, Callable, Iterable, Iterator, Optional, Sequence
 
 from aiohttp import http_exceptions, web
+from prometheus_client import CollectorRegistry, Counter, Histogram
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+from prometheus_client.exposition import choose_encoder
 
 from .errors import BudgetExceeded, ConfigError, MasrError, UnknownQueryError
 from .llm import Budget, LLMPool, LLMSpec, ResponseCache, notional_note
@@ -79,8 +110,20 @@ MAX_JSON_DEPTH = 64
 DEFAULT_MAX_BODY_BYTES = 1 << 20
 """Largest request body accepted by default (1 MiB, aiohttp's own default)."""
 
-HONOURED_FIELDS = ("model", "messages", "stream", "n", "seed", "masr_include_trace",
-                   "masr_cost_lambda")
+DEFAULT_REQUEST_TIMEOUT_S = 300.0
+"""Longest a request runs by default (half the OpenAI SDK's own 600 s default, so the client
+gets the server's 504 rather than giving up first)."""
+DEFAULT_MAX_QUEUED = 1024
+"""Requests that may wait beyond the running ones by default."""
+STREAM_CHUNK_CHARS = 64
+"""A streamed content chunk holds at least this many characters (all the rest, for the last
+one), cut just after whitespace so no word is split."""
+
+HONOURED_FIELDS = ("model", "messages", "stream", "stream_options", "n", "seed",
+                   "masr_include_trace", "masr_cost_lambda")
+STREAM_OPTIONS = ("include_usage", "include_obfuscation")
+"""Keys of ``stream_options``; ``include_obfuscation`` is accepted and ignored (no
+``obfuscation`` field is added)."""
 LAMBDA_MODEL_PREFIX = f"{MODEL_ID}-lambda-"
 """A model name ``masr-lambda-<λ>`` asks for the plans of that cost preference."""
 IGNORED_NUMBER_FIELDS = ("temperature", "top_p", "presence_penalty", "frequency_penalty")
@@ -162,6 +205,10 @@ class RouterBatcher:
 
     async def _drain(self) -> None:
         while self._waiting:
+            # A waiter cancelled meanwhile (its request timed out) is not routed for nothing.
+            self._waiting = [item for item in self._waiting if not item[2].done()]
+            if not self._waiting:
+                break
             lam = self._waiting[0][1]
             batch = [item for item in self._waiting if item[1] == lam][: self.max_batch]
             chosen = {id(item) for item in batch}
@@ -181,6 +228,165 @@ class RouterBatcher:
                     future.set_result(plan)
 
 
+class ServerOverloaded(MasrError):
+    """A request beyond the admission bound (``max_concurrent_runs`` running plus ``max_queued``
+    waiting); answered 503 with ``Retry-After``.
+
+    Args:
+        in_flight: requests admitted and not finished.
+        limit: the bound.
+        retry_after_s: when a retry has a fair chance: the recent mean request duration.
+    """
+
+    def __init__(self, in_flight: int, limit: int, retry_after_s: float):
+        super().__init__(f"the server is at capacity: {in_flight} requests in flight, the limit "
+                         f"is {limit} (max_concurrent_runs + max_queued); retry after "
+                         f"{retry_after_s:.1f} s")
+        self.in_flight, self.limit, self.retry_after_s = in_flight, limit, retry_after_s
+
+
+class RequestTimeout(MasrError):
+    """A request that did not finish within the server's per-request timeout; its run was
+    cancelled. Answered 504."""
+
+
+def trace_calls(trace: Trace) -> list:
+    """The LLM calls of a run: agent steps, then the decision node's call when it made one."""
+    calls = list(trace.steps)
+    if trace.decision is not None and trace.decision.call is not None:
+        calls.append(trace.decision.call)
+    return calls
+
+
+LATENCY_BUCKETS_S = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0,
+                     120.0, 300.0, 600.0)
+"""Histogram buckets of request and run durations: milliseconds on replay pools, minutes for
+debates on slow endpoints."""
+ROUTING_BUCKETS_S = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+                     30.0)
+"""Histogram buckets of routing durations (a forward pass, or the wait for one under load)."""
+CHAT_ENDPOINT = "/v1/chat/completions"
+
+
+class ServeMetrics:
+    """The Prometheus metrics of one server, in a registry of its own (not the process-global
+    one), so several servers or test apps in one process count apart.
+
+    Updated as requests finish:
+
+    - ``masr_requests_total{endpoint, status, stream}``: HTTP requests by route template
+      (``/v1/chat/completions``, ``/v1/models``...; ``other`` for unknown paths), status code and
+      ``stream`` (``true`` / ``false``; ``unknown`` for a chat request whose body is unreadable);
+    - ``masr_errors_total{type}``: error responses by their OpenAI error code
+      (``invalid_json``, ``unknown_query``, ``insufficient_quota``, ``upstream_error``,
+      ``request_timeout``, ``server_overloaded``, ``invalid_api_key``...), and
+      ``client_disconnected`` for streams the client left;
+    - ``masr_request_duration_seconds{stream}``: chat completions, arrival to last byte;
+    - ``masr_routing_duration_seconds``: a query's wait for, and share of, a router forward pass;
+    - ``masr_run_duration_seconds``: multi-agent runs, from the moment they got a slot;
+    - ``masr_llm_calls_total{llm, outcome}`` (``ok``, ``cached``, ``failed``),
+      ``masr_llm_tokens_total{llm, kind}`` (``prompt``, ``completion``) and
+      ``masr_llm_cost_usd_total{llm}``: the LLM calls of finished runs, from their traces
+      (``cost_usd``: what the calls cost now, 0 for cache hits; notional on replay and local
+      pools, see ``masr_run.cost_notional``). Calls of runs cancelled by the timeout are not in
+      them; the pool's ledger has them.
+
+    Read from the service at each scrape: ``masr_requests_in_flight``, ``masr_queue_depth``
+    (admitted requests not running yet: being routed or waiting for a run slot),
+    ``masr_runs_active``, ``masr_admission_limit``, ``masr_router_batches_total`` and
+    ``masr_routed_queries_total``.
+
+    Args:
+        llms: the pool's LLM names; their series exist (at 0) from the start.
+    """
+
+    def __init__(self, llms: Sequence[str] = ()):
+        self.registry = CollectorRegistry()
+        registry = self.registry
+        self.requests = Counter("masr_requests", "HTTP requests by endpoint, status and stream",
+                                ["endpoint", "status", "stream"], registry=registry)
+        self.errors = Counter("masr_errors", "error responses by OpenAI error code, and streams "
+                              "the client left (client_disconnected)", ["type"], registry=registry)
+        self.request_seconds = Histogram(
+            "masr_request_duration_seconds", "chat completions: arrival to last byte",
+            ["stream"], buckets=LATENCY_BUCKETS_S, registry=registry)
+        self.routing_seconds = Histogram(
+            "masr_routing_duration_seconds", "routing a query: the wait for and share of a "
+            "router forward pass", buckets=ROUTING_BUCKETS_S, registry=registry)
+        self.run_seconds = Histogram(
+            "masr_run_duration_seconds", "multi-agent runs, from the moment they got a slot",
+            buckets=LATENCY_BUCKETS_S, registry=registry)
+        self.llm_calls = Counter("masr_llm_calls", "LLM calls of finished runs by outcome",
+                                 ["llm", "outcome"], registry=registry)
+        self.llm_tokens = Counter("masr_llm_tokens", "tokens of the LLM calls of finished runs",
+                                  ["llm", "kind"], registry=registry)
+        self.llm_cost = Counter("masr_llm_cost_usd", "$ the LLM calls of finished runs cost "
+                                "(0 for cache hits; notional on replay and local pools)",
+                                ["llm"], registry=registry)
+        for llm in llms:
+            for outcome in ("ok", "cached", "failed"):
+                self.llm_calls.labels(llm, outcome)
+            for kind in ("prompt", "completion"):
+                self.llm_tokens.labels(llm, kind)
+            self.llm_cost.labels(llm)
+
+    def watch(self, service: "MasService") -> None:
+        """Expose ``service``'s admission and router counters, read at each scrape."""
+        self.registry.register(_ServiceCollector(service))
+
+    def record_request(self, endpoint: str, status: int, stream: str, error: Optional[str],
+                       seconds: float) -> None:
+        """Count one HTTP request (and its error code); time it when it is a chat completion."""
+        self.requests.labels(endpoint, str(status), stream).inc()
+        if error is not None:
+            self.errors.labels(error).inc()
+        if endpoint == CHAT_ENDPOINT:
+            self.request_seconds.labels(stream).observe(seconds)
+
+    def record_run(self, trace: Trace, seconds: float) -> None:
+        """Count a finished run's LLM calls, tokens and $ by LLM, and time it."""
+        self.run_seconds.observe(seconds)
+        for call in trace_calls(trace):
+            outcome = "failed" if not call.ok else "cached" if call.cached else "ok"
+            self.llm_calls.labels(call.llm, outcome).inc()
+            self.llm_tokens.labels(call.llm, "prompt").inc(call.prompt_tokens)
+            self.llm_tokens.labels(call.llm, "completion").inc(call.completion_tokens)
+            self.llm_cost.labels(call.llm).inc(call.cost_usd)
+
+    def exposition(self, accept: str = "") -> tuple[bytes, str]:
+        """``(body, content type)`` of a scrape: the Prometheus text format, or OpenMetrics when
+        ``accept`` (the scraper's ``Accept`` header) asks for it."""
+        encoder, content_type = choose_encoder(accept)
+        return encoder(self.registry), content_type
+
+
+class _ServiceCollector:
+    """Gauges and counters a :class:`MasService` keeps itself, read at scrape time."""
+
+    def __init__(self, service: "MasService"):
+        self.service = service
+
+    def describe(self) -> list:
+        return []
+
+    def collect(self) -> Iterator[Any]:
+        service = self.service
+        for name, text, value in (
+            ("masr_requests_in_flight", "chat requests admitted and not finished",
+             service.in_flight),
+            ("masr_queue_depth", "admitted requests not running yet (being routed or waiting "
+             "for a run slot)", service.in_flight - service.running),
+            ("masr_runs_active", "multi-agent runs executing", service.running),
+            ("masr_admission_limit", "requests in flight beyond which requests get 503 "
+             "(max_concurrent_runs + max_queued)", service.admission_limit),
+        ):
+            yield GaugeMetricFamily(name, text, value=value)
+        yield CounterMetricFamily("masr_router_batches", "router forward passes",
+                                  value=service.batcher.batches)
+        yield CounterMetricFamily("masr_routed_queries", "queries routed",
+                                  value=service.batcher.routed)
+
+
 class MasService:
     """What the server holds for its lifetime: the trained policy (behind a
     :class:`RouterBatcher`) and the executor (with its pool).
@@ -192,6 +398,13 @@ class MasService:
         cost_lambda: default cost preference λ (a request's overrides it).
         max_concurrent_runs: most multi-agent runs executing at once; later requests queue.
         max_batch: most queries per router forward pass.
+        max_queued: most admitted requests waiting (being routed or for a run slot) beyond the
+            running ones; :meth:`complete` refuses more with :class:`ServerOverloaded`.
+        request_timeout_s: longest a request may take from admission to its finished run
+            (``None``: no limit); then its run is cancelled (:class:`RequestTimeout`).
+
+    Raises:
+        ConfigError: a limit out of range, or plans over LLMs the pool lacks.
     """
 
     def __init__(
@@ -203,9 +416,17 @@ class MasService:
         cost_lambda: float = 100.0,
         max_concurrent_runs: int = 64,
         max_batch: int = 128,
+        max_queued: int = DEFAULT_MAX_QUEUED,
+        request_timeout_s: Optional[float] = DEFAULT_REQUEST_TIMEOUT_S,
     ):
         if max_concurrent_runs < 1:
             raise ConfigError(f"max_concurrent_runs must be >= 1 (got {max_concurrent_runs})")
+        if isinstance(max_queued, bool) or not isinstance(max_queued, int) or max_queued < 0:
+            raise ConfigError(f"max_queued must be an integer >= 0 (got {max_queued!r})")
+        if request_timeout_s is not None and not (math.isfinite(request_timeout_s)
+                                                  and request_timeout_s > 0):
+            raise ConfigError(f"request_timeout_s must be a finite number > 0 or None (got "
+                              f"{request_timeout_s!r})")
         missing = sorted({llm for plan in policy.library for llm in plan.llms}
                          - set(executor.pool.specs))
         if missing:
@@ -220,7 +441,31 @@ class MasService:
         self.notional = notional_note(executor.pool.specs.values())
         """Why the pool's $ figures are not money (``""`` when they are)."""
         self.created = int(time.time())
+        self.max_concurrent_runs = max_concurrent_runs
+        self.max_queued = max_queued
+        self.request_timeout_s = request_timeout_s
+        self.in_flight = 0
+        """Requests admitted by :meth:`complete` and not finished."""
+        self.running = 0
+        """Runs holding a slot."""
         self._runs = asyncio.Semaphore(max_concurrent_runs)
+        self._mean_request_s: Optional[float] = None
+        self.metrics = ServeMetrics(sorted(executor.pool.specs))
+        """This server's Prometheus metrics (their own registry)."""
+        self.metrics.watch(self)
+
+    @property
+    def admission_limit(self) -> int:
+        """Requests in flight beyond which :meth:`complete` refuses: running plus queued."""
+        return self.max_concurrent_runs + self.max_queued
+
+    def retry_after_s(self) -> float:
+        """What a refused request is told to wait: the recent mean request duration (an
+        exponential average; 1 s before any finished), within [0.1, 60] s (the OpenAI SDKs
+        ignore longer waits). By then most requests in flight now have finished: a conservative
+        wait, since a retry into a still-full server is refused again."""
+        mean = 1.0 if self._mean_request_s is None else self._mean_request_s
+        return min(max(mean, 0.1), 60.0)
 
     async def warm_up(self) -> None:
         """Load the text encoder and build the vocabulary's graph before the first request."""
@@ -228,35 +473,99 @@ class MasService:
 
     async def complete(self, query: str, *, seed: Optional[int] = None,
                        cost_lambda: Optional[float] = None) -> tuple[Plan, Trace]:
-        """Route ``query`` (at ``cost_lambda``, default the server's) and run its multi-agent
-        system.
+        """Admit ``query``, route it (at ``cost_lambda``, default the server's) and run its
+        multi-agent system, within the per-request timeout.
 
         Raises:
+            ServerOverloaded: :attr:`admission_limit` requests are already in flight.
+            RequestTimeout: routing, the wait for a slot and the run took longer than
+                ``request_timeout_s``; the run was cancelled.
             BudgetExceeded: the budget cap refused a call.
             UnknownQueryError: the replay pool has no recorded outcome for ``query``.
         """
+        if self.in_flight >= self.admission_limit:
+            raise ServerOverloaded(self.in_flight, self.admission_limit, self.retry_after_s())
+        self.in_flight += 1
+        started = time.perf_counter()
+        try:
+            work = self._route_and_run(query, seed, cost_lambda)
+            if self.request_timeout_s is None:
+                return await work
+            return await _within(work, self.request_timeout_s)
+        finally:
+            self.in_flight -= 1
+            elapsed = time.perf_counter() - started
+            self._mean_request_s = (elapsed if self._mean_request_s is None
+                                    else 0.9 * self._mean_request_s + 0.1 * elapsed)
+
+    async def _route_and_run(self, query: str, seed: Optional[int],
+                             cost_lambda: Optional[float]) -> tuple[Plan, Trace]:
+        started = time.perf_counter()
         plan = await self.batcher.route(
             query, self.cost_lambda if cost_lambda is None else cost_lambda)
+        self.metrics.routing_seconds.observe(time.perf_counter() - started)
         async with self._runs:
-            trace = await self.executor.run(
-                query, plan, query_id=served_query_id(query), task=plan.task,
-                answer_key=domain_answer_key(plan.task),
-                seed=self.seed if seed is None else seed,
-            )
+            self.running += 1
+            started = time.perf_counter()
+            try:
+                trace = await self.executor.run(
+                    query, plan, query_id=served_query_id(query), task=plan.task,
+                    answer_key=domain_answer_key(plan.task),
+                    seed=self.seed if seed is None else seed,
+                )
+            finally:
+                self.running -= 1
+        self.metrics.record_run(trace, time.perf_counter() - started)
         return plan, trace
 
 
+CANCEL_GRACE_S = 5.0
+"""How long a timed-out request waits for its cancelled run to unwind before it is answered."""
+
+
+async def _within(work: Awaitable[tuple[Plan, Trace]], timeout_s: float) -> tuple[Plan, Trace]:
+    """``await work``, cancelled after ``timeout_s`` (:class:`RequestTimeout`). Unlike
+    ``asyncio.wait_for``, a ``TimeoutError`` raised inside ``work`` is not mistaken for the
+    deadline."""
+    task = asyncio.ensure_future(work)
+    try:
+        done, _ = await asyncio.wait((task,), timeout=timeout_s)
+    except asyncio.CancelledError:
+        task.cancel()
+        raise
+    if not done:
+        task.cancel()
+        # Let the run unwind (its slot freed, its LLM calls cancelled) before answering.
+        await asyncio.wait((task,), timeout=CANCEL_GRACE_S)
+        if not task.done():
+            log.warning("a timed-out run did not stop within %.0f s of its cancellation",
+                        CANCEL_GRACE_S)
+        elif not task.cancelled():
+            task.exception()  # it finished just then: retrieved, so asyncio does not log it
+        raise RequestTimeout(f"the request did not finish within the server's timeout of "
+                             f"{timeout_s:g} s (masr serve --request-timeout-s); its run was "
+                             "cancelled")
+    return task.result()
+
+
 class _ApiError(Exception):
-    """An error answered with OpenAI's error body."""
+    """An error answered with OpenAI's error body; with ``retry_after`` (seconds) the answer
+    asks for a retry then (``Retry-After``, ``retry-after-ms``, ``x-should-retry: true``)."""
 
     def __init__(self, status: int, message: str, *, type: str = "invalid_request_error",
-                 param: Optional[str] = None, code: Optional[str] = None):
+                 param: Optional[str] = None, code: Optional[str] = None,
+                 retry_after: Optional[float] = None):
         super().__init__(message)
         self.status, self.message, self.type, self.param, self.code = (
             status, message, type, param, code)
+        self.retry_after = retry_after
 
     def response(self) -> web.Response:
         headers = {} if self.status in (408, 409) else {"x-should-retry": "false"}
+        if self.retry_after is not None:
+            headers = {"Retry-After": str(max(1, math.ceil(self.retry_after))),
+                       "retry-after-ms": str(max(1, round(self.retry_after * 1000))),
+                       "x-should-retry": "true"}
         if self.status == 401:
             headers["WWW-Authenticate"] = "Bearer"
         return web.json_response(
@@ -266,6 +575,40 @@ class _ApiError(Exception):
         )
 
 
+# Typed request keys where aiohttp has them (3.13+); older versions take the plain names.
+_request_key: Callable[[str, type], Any] = getattr(web, "RequestKey", lambda name, _type: name)
+STREAM_LABEL = _request_key("masr_stream", str)
+"""``stream`` label of a request's metrics: ``true``, ``false`` or ``unknown`` (unread body)."""
+ERROR_LABEL = _request_key("masr_error", str)
+"""Error code of a request's error response (or ``client_disconnected``), for the metrics."""
+
+
+@web.middleware
+async def _count_requests(request: web.Request,
+                          handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
+                          ) -> web.StreamResponse:
+    """Outermost middleware: every request's status, stream flag, error code and duration go to
+    the service's :class:`ServeMetrics` (errors are responses by then, see
+    :func:`_openai_errors`)."""
+    started = time.perf_counter()
+    resource = getattr(request.match_info.route, "resource", None)
+    endpoint = resource.canonical if resource is not None else "other"
+    if endpoint == CHAT_ENDPOINT:
+        request[STREAM_LABEL] = "unknown"
+    status = 500
+    try:
+        response = await handler(request)
+        status = response.status
+        return response
+    except web.HTTPException as exc:  # redirects: _openai_errors answers every error itself
+        status = exc.status
+        raise
+    finally:
+        request.app[SERVICE].metrics.record_request(
+            endpoint, status, request.get(STREAM_LABEL, "false"), request.get(ERROR_LABEL),
+            time.perf_counter() - started)
+
+
 @web.middleware
 async def _openai_errors(request: web.Request,
                          handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
@@ -273,19 +616,21 @@ async def _openai_errors(request: web.Request,
     try:
         return await handler(request)
     except _ApiError as exc:
-        return exc.response()
+        error = exc
     except web.HTTPException as exc:
         if exc.status < 400:
             raise
-        return _ApiError(exc.status, f"{exc.reason}: {request.method} {request.path}",
-                         code=exc.reason.lower().replace(" ", "_")).response()
+        error = _ApiError(exc.status, f"{exc.reason}: {request.method} {request.path}",
+                          code=exc.reason.lower().replace(" ", "_"))
     except MasrError as exc:
         log.error("request failed: %s", exc)
-        return _ApiError(500, str(exc), type="server_error", code=type(exc).__name__).response()
+        error = _ApiError(500, str(exc), type="server_error", code=type(exc).__name__)
     except Exception:
         log.exception("internal error while serving %s %s", request.method, request.path)
-        return _ApiError(500, "internal server error (see the server log)",
-                         type="server_error").response()
+        error = _ApiError(500, "internal server error (see the server log)", type="server_error",
+                          code="internal_error")
+    request[ERROR_LABEL] = error.code or error.type
+    return error.response()
 
 
 def _bearer_auth(api_key: str) -> Callable[..., Awaitable[web.StreamResponse]]:
@@ -318,8 +663,9 @@ def create_app(service: MasService, *, api_key: Optional[str] = None,
     """The aiohttp application serving ``service``.
 
     Args:
-        service: router, vocabulary and executor.
-        api_key: bearer token every request (but ``/health``) must carry; ``None``: no auth.
+        service: router, vocabulary and executor (and the metrics served at ``/metrics``).
+        api_key: bearer token every request but ``/health`` must carry (``/metrics``
+            included); ``None``: no auth.
         max_body_bytes: largest request body; a larger one is answered 413.
 
     Raises:
@@ -329,21 +675,31 @@ def create_app(service: MasService, *, api_key: Optional[str] = None,
         raise ConfigError("api_key must be a non-empty string or None (no auth)")
     if max_body_bytes < 1:
         raise ConfigError(f"max_body_bytes must be >= 1 (got {max_body_bytes})")
-    middlewares = [_openai_errors] + ([_bearer_auth(api_key)] if api_key is not None else [])
+    middlewares = [_count_requests, _openai_errors] + (
+        [_bearer_auth(api_key)] if api_key is not None else [])
     app = web.Application(middlewares=middlewares, client_max_size=max_body_bytes)
     app[SERVICE] = service
     app[MAX_BODY_BYTES] = max_body_bytes
     app.router.add_get("/health", _health)
     app.router.add_get("/v1/models", _models)
     app.router.add_get("/v1/models/{model}", _model)
-    app.router.add_post("/v1/chat/completions", _chat_completions)
+    app.router.add_post(CHAT_ENDPOINT, _chat_completions)
+    app.router.add_get("/metrics", _metrics)
     return app
 
 
 async def _health(request: web.Request) -> web.Response:
-    batcher = request.app[SERVICE].batcher
-    return web.json_response({"status": "ok", "router_batches": batcher.batches,
-                              "routed_queries": batcher.routed})
+    service = request.app[SERVICE]
+    return web.json_response({"status": "ok", "router_batches": service.batcher.batches,
+                              "routed_queries": service.batcher.routed,
+                              "requests_in_flight": service.in_flight,
+                              "runs_active": service.running})
+
+
+async def _metrics(request: web.Request) -> web.Response:
+    body, content_type = request.app[SERVICE].metrics.exposition(
+        request.headers.get("Accept", ""))
+    return web.Response(body=body, headers={"Content-Type": content_type})
 
 
 def _model_card(service: MasService) -> dict[str, Any]:
@@ -367,39 +723,47 @@ def _model_not_found(name: str) -> _ApiError:
                      param="model", code="model_not_found")
 
 
-async def _chat_completions(request: web.Request) -> web.Response:
+async def _chat_completions(request: web.Request) -> web.StreamResponse:
     service = request.app[SERVICE]
     body = await _json_object(request)
-    query, seed, include_trace, cost_lambda = _validated_request(body)
+    request[STREAM_LABEL] = "true" if body.get("stream") is True else "false"
+    chat = _validated_request(body)
     try:
-        plan, trace = await service.complete(query, seed=seed, cost_lambda=cost_lambda)
+        plan, trace = await service.complete(chat.query, seed=chat.seed,
+                                             cost_lambda=chat.cost_lambda)
     except UnknownQueryError as exc:
         raise _ApiError(400, f"this server's pool cannot answer the query: {exc}",
                         param="messages", code="unknown_query") from None
     except BudgetExceeded as exc:
         raise _ApiError(429, f"the server's budget cap is reached: {exc}",
                         type="insufficient_quota", code="insufficient_quota") from None
+    except ServerOverloaded as exc:
+        raise _ApiError(503, str(exc), type="server_error", code="server_overloaded",
+                        retry_after=exc.retry_after_s) from None
+    except RequestTimeout as exc:
+        raise _ApiError(504, str(exc), type="server_error", code="request_timeout") from None
     if trace.error is not None:
         failures = "; ".join(f"{s.llm}: {s.error}" for s in trace.failed_steps[:3])
         raise _ApiError(502, f"the multi-agent system produced no answer: {trace.error} "
                              f"({failures})", type="server_error", code="upstream_error")
+    if chat.stream:
+        return await _send_events(request, _completion_chunks(chat, service, plan, trace))
+    return web.json_response(_completion(chat, service, plan, trace))
+
+
+def _usage(trace: Trace) -> dict[str, int]:
     totals = trace.totals()
-    payload: dict[str, Any] = {
-        "id": f"chatcmpl-{uuid.uuid4().hex}",
-        "object": "chat.completion",
-        "created": int(time.time()),
-        "model": body["model"],
-        "choices": [{
-            "index": 0,
-            "message": {"role": "assistant", "content": trace.final_answer},
-            "finish_reason": "stop",
-            "logprobs": None,
-        }],
-        "usage": {
-            "prompt_tokens": totals["prompt_tokens"],
+    return {"prompt_tokens": totals["prompt_tokens"],
             "completion_tokens": totals["completion_tokens"],
-            "total_tokens": totals["prompt_tokens"] + totals["completion_tokens"],
-        },
+            "total_tokens": totals["prompt_tokens"] + totals["completion_tokens"]}
+
+
+def _masr_fields(chat: "ChatRequest", service: MasService, plan: Plan, trace: Trace
+                 ) -> dict[str, Any]:
+    """The extra fields of an answer: the plan, the run's accounting and, when asked, the
+    trace."""
+    totals = trace.totals()
+    fields: dict[str, Any] = {
         "masr_plan": plan.to_dict(),
         "masr_run": {
             "query_id": trace.query_id,
@@ -415,9 +779,97 @@ async def _chat_completions(request: web.Request) -> web.Response:
             "wall_s": trace.wall_s,
         },
     }
-    if include_trace:
-        payload["masr_trace"] = trace.to_dict()
-    return web.json_response(payload)
+    if chat.include_trace:
+        fields["masr_trace"] = trace.to_dict()
+    return fields
+
+
+def _completion(chat: "ChatRequest", service: MasService, plan: Plan, trace: Trace
+                ) -> dict[str, Any]:
+    """The ``chat.completion`` answer."""
+    return {
+        "id": f"chatcmpl-{uuid.uuid4().hex}",
+        "object": "chat.completion",
+        "created": int(time.time()),
+        "model": chat.model,
+        "choices": [{
+            "index": 0,
+            "message": {"role": "assistant", "content": trace.final_answer},
+            "finish_reason": "stop",
+            "logprobs": None,
+        }],
+        "usage": _usage(trace),
+        **_masr_fields(chat, service, plan, trace),
+    }
+
+
+def _completion_chunks(chat: "ChatRequest", service: MasService, plan: Plan, trace: Trace
+                       ) -> list[dict[str, Any]]:
+    """The same answer as :func:`_completion`, as ``chat.completion.chunk`` objects: the role,
+    the content pieces (:func:`answer_chunks`), ``finish_reason`` with the ``masr_*`` fields,
+    and the usage chunk (``choices: []``) when ``include_usage``; with ``include_usage`` every
+    other chunk has ``usage: null``, as OpenAI's do."""
+    head = {"id": f"chatcmpl-{uuid.uuid4().hex}", "object": "chat.completion.chunk",
+            "created": int(time.time()), "model": chat.model}
+    no_usage = {"usage": None} if chat.include_usage else {}
+
+    def chunk(delta: dict[str, Any], finish_reason: Optional[str] = None,
+              **extra: Any) -> dict[str, Any]:
+        return {**head, "choices": [{"index": 0, "delta": delta, "logprobs": None,
+                                     "finish_reason": finish_reason}], **no_usage, **extra}
+
+    chunks = [chunk({"role": "assistant", "content": ""})]
+    chunks.extend(chunk({"content": piece}) for piece in answer_chunks(trace.final_answer))
+    chunks.append(chunk({}, "stop", **_masr_fields(chat, service, plan, trace)))
+    if chat.include_usage:
+        chunks.append({**head, "choices": [], "usage": _usage(trace)})
+    return chunks
+
+
+_AFTER_WHITESPACE = re.compile(r"\s+")
+
+
+def answer_chunks(text: str, size: int = STREAM_CHUNK_CHARS) -> list[str]:
+    """``text`` cut into the content pieces of a stream: each at least ``size`` characters and
+    ending just after a run of whitespace (so no word is split), the last one what remains;
+    ``"".join(answer_chunks(text)) == text``, and ``[]`` for ``""``.
+
+    Raises:
+        ConfigError: ``size`` < 1.
+    """
+    if size < 1:
+        raise ConfigError(f"size must be >= 1 (got {size})")
+    pieces, start = [], 0
+    while start < len(text):
+        after = _AFTER_WHITESPACE.search(text, start + size)
+        end = after.end() if after else len(text)
+        pieces.append(text[start:end])
+        start = end
+    return pieces
+
+
+SSE_HEADERS = {"Content-Type": "text/event-stream; charset=utf-8", "Cache-Control": "no-cache",
+               "X-Accel-Buffering": "no"}
+"""A stream's headers; ``X-Accel-Buffering: no`` keeps nginx-like proxies from buffering it."""
+
+
+async def _send_events(request: web.Request, chunks: Iterable[dict[str, Any]]
+                       ) -> web.StreamResponse:
+    """Send ``chunks`` as server-sent events (``data: <json>``, then ``data: [DONE]``). Every
+    event is serialised before the status line goes out, so only the connection can fail after
+    it: then writing stops and the request counts as ``client_disconnected``."""
+    events = [b"data: " + json.dumps(chunk).encode("utf-8") + b"\n\n" for chunk in chunks]
+    events.append(b"data: [DONE]\n\n")
+    response = web.StreamResponse(status=200, headers=SSE_HEADERS)
+    try:
+        await response.prepare(request)
+        for event in events:
+            await response.write(event)
+        await response.write_eof()
+    except ConnectionError as exc:  # ConnectionResetError, aiohttp's ClientConnectionResetError
+        request[ERROR_LABEL] = "client_disconnected"
+        log.info("the client of a stream went away: %s", exc)
+    return response
 
 
 async def _json_object(request: web.Request) -> dict[str, Any]:
@@ -483,11 +935,33 @@ def _json_problem(value: Any) -> str:
     return ""
 
 
-def _validated_request(body: dict[str, Any]
-                       ) -> tuple[str, Optional[int], bool, Optional[float]]:
-    """``(query, seed, include_trace, cost_lambda)`` of a chat request, or the
-    :class:`_ApiError` naming the first problem. The cost preference comes from
-    ``masr_cost_lambda`` or a model name ``masr-lambda-<λ>`` (``None``: the server's)."""
+@dataclass(frozen=True)
+class ChatRequest:
+    """A validated chat request.
+
+    Args:
+        model: the model name asked for (echoed in the answer).
+        query: the last user message: what is routed and answered.
+        seed: the edge-sampling seed (``None``: the server's).
+        cost_lambda: the cost preference λ (``None``: the server's).
+        include_trace: add the run's trace (``masr_trace``).
+        stream: answer with server-sent events.
+        include_usage: with ``stream``: end with a usage chunk.
+    """
+
+    model: str
+    query: str
+    seed: Optional[int] = None
+    cost_lambda: Optional[float] = None
+    include_trace: bool = False
+    stream: bool = False
+    include_usage: bool = False
+
+
+def _validated_request(body: dict[str, Any]) -> ChatRequest:
+    """The :class:`ChatRequest` of a chat request body, or the :class:`_ApiError` naming the
+    first problem. The cost preference comes from ``masr_cost_lambda`` or a model name
+    ``masr-lambda-<λ>`` (``None``: the server's)."""
     unknown = sorted(set(body) - set(_ALLOWED_FIELDS))
     if unknown:
         raise _ApiError(400, f"Unrecognized request argument(s) supplied: {', '.join(unknown)}; "
@@ -510,10 +984,7 @@ def _validated_request(body: dict[str, Any]
                                  f"{value!r:.60})", param="masr_cost_lambda",
                             code="invalid_value")
         cost_lambda = float(value)
-    if body.get("stream"):
-        raise _ApiError(400, "stream=true is not supported: the decision node's answer exists "
-                             "only after every agent has run; send stream=false",
-                        param="stream", code="unsupported_value")
+    stream, include_usage = _stream_settings(body)
     if body.get("n", 1) != 1 or isinstance(body.get("n"), bool):
         raise _ApiError(400, f"only n=1 is supported (got n={body.get('n')!r})", param="n",
                         code="unsupported_value")
@@ -532,7 +1003,39 @@ def _validated_request(body: dict[str, Any]
     if not isinstance(include_trace, bool):
         raise _ApiError(400, f"'masr_include_trace' must be a boolean (got {include_trace!r:.60})",
                         param="masr_include_trace", code="invalid_type")
-    return _last_user_text(body["messages"]), body.get("seed"), include_trace, cost_lambda
+    return ChatRequest(model=model, query=_last_user_text(body["messages"]),
+                       seed=body.get("seed"), cost_lambda=cost_lambda,
+                       include_trace=include_trace, stream=stream, include_usage=include_usage)
+
+
+def _stream_settings(body: dict[str, Any]) -> tuple[bool, bool]:
+    """``(stream, include_usage)`` of a request body (``null`` is the default, as for
+    OpenAI)."""
+    stream = body.get("stream")
+    if stream is not None and not isinstance(stream, bool):
+        raise _ApiError(400, f"'stream' must be a boolean (got {stream!r:.60})", param="stream",
+                        code="invalid_type")
+    options = body.get("stream_options")
+    if options is None:
+        return bool(stream), False
+    if not stream:
+        raise _ApiError(400, "'stream_options' is only allowed when 'stream' is true",
+                        param="stream_options", code="invalid_value")
+    if not isinstance(options, dict):
+        raise _ApiError(400, f"'stream_options' must be an object (got {options!r:.60})",
+                        param="stream_options", code="invalid_type")
+    unknown = sorted(set(options) - set(STREAM_OPTIONS))
+    if unknown:
+        raise _ApiError(400, f"Unrecognized stream option(s): {', '.join(unknown)}; this server "
+                             f"accepts: {', '.join(STREAM_OPTIONS)}",
+                        param=f"stream_options.{unknown[0]}", code="unknown_parameter")
+    for name in STREAM_OPTIONS:
+        value = options.get(name)
+        if value is not None and not isinstance(value, bool):
+            raise _ApiError(400, f"'stream_options.{name}' must be a boolean (got "
+                                 f"{value!r:.60})", param=f"stream_options.{name}",
+                            code="invalid_type")
+    return True, bool(options.get("include_usage"))
 
 
 def _model_lambda(model: str) -> Optional[float]:
@@ -617,6 +1120,8 @@ async def serve(
     max_tokens: int = 512,
     temperature: float = 0.0,
     max_concurrent_runs: int = 64,
+    max_queued: int = DEFAULT_MAX_QUEUED,
+    request_timeout_s: Optional[float] = DEFAULT_REQUEST_TIMEOUT_S,
     max_body_bytes: int = DEFAULT_MAX_BODY_BYTES,
     ready: Callable[[str], None] = print,
     stop: Optional[asyncio.Event] = None,
@@ -631,7 +1136,9 @@ async def serve(
     ``cost_lambda`` is the cost preference of requests that name none. ``ready`` receives one
     line with the bound address once the server accepts connections (``port=0`` picks a free
     port). ``unknown_outcome_cost`` is the pool's policy for attempts of unknown outcome;
-    ``max_body_bytes`` the largest request body (larger: 413).
+    ``max_body_bytes`` the largest request body (larger: 413); ``max_concurrent_runs``,
+    ``max_queued`` and ``request_timeout_s`` the limits of :class:`MasService` (beyond them:
+    503, 504).
 
     Raises:
         ConfigError: no callable LLM, no plan left over the callable ones, or bad settings.
@@ -652,7 +1159,8 @@ async def serve(
         executor = MASExecutor(pool, keep_messages=False, max_tokens=max_tokens,
                                temperature=temperature)
         service = MasService(policy, executor, seed=seed, cost_lambda=cost_lambda,
-                             max_concurrent_runs=max_concurrent_runs)
+                             max_concurrent_runs=max_concurrent_runs, max_queued=max_queued,
+                             request_timeout_s=request_timeout_s)
         await service.warm_up()
         app = create_app(service, api_key=api_key, max_body_bytes=max_body_bytes)
         # Many clients connecting at once must not overflow the listen queue (SYN retries

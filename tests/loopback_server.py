@@ -17,7 +17,8 @@ As a subprocess (benchmarks, crash tests)::
     python tests/loopback_server.py --port 0 --latency-ms 100
     # prints the chosen port on the first stdout line, then serves until SIGTERM / SIGINT
 
-Endpoints: ``POST /v1/chat/completions`` and ``GET /v1/models``.
+Endpoints: ``POST /v1/chat/completions`` and ``GET /v1/models`` (lists the ids given as
+``models``, default ``("loopback",)``; :attr:`LoopbackServer.model_requests` records who asked).
 
 Replies. ``responder(body) -> str`` receives the request JSON (``model``, ``messages``,
 ``max_tokens``, ...) and returns the assistant text; the default echoes the last user message as
@@ -54,6 +55,15 @@ Random faults, for traffic whose text you do not control (benchmark queries): wi
 kind drawn from ``fault_mix``. The draw is a hash of ``(fault_seed, request, attempt)``, so it is
 deterministic whatever the concurrency; :attr:`LoopbackServer.fault_counts` counts what was
 injected, by kind. ``fault_rate=1.0, fault_mix=("500",)`` is an endpoint that fails every request.
+
+Outages, for tests of what a client does while an endpoint is down or throttling:
+``server.set_outage("503")`` (any kind in marker syntax without the count, e.g. ``"429"``,
+``"429:retry_after=0.5"``, ``"hang"``) makes every chat request fail that way, markers and random
+faults notwithstanding, until ``server.set_outage(None)``.
+
+Timing: :attr:`LoopbackServer.received` has each request's arrival time and
+:attr:`LoopbackServer.answers` each response's status and when the handler returned it (both
+``time.monotonic()``), e.g. to check that no request arrived while a client should be waiting.
 """
 
 from __future__ import annotations
@@ -79,6 +89,8 @@ FAULT_PATTERN = re.compile(
 )
 FAULT_KINDS = ("hang", "badjson", "empty_choices", "no_choices", "no_usage", "drop")
 DEFAULT_FAULT_MIX = ("500", "429", "hang", "badjson", "empty_choices", "no_choices", "drop")
+# Where a chat request's index in `received` travels from the handler to the answer log.
+REQUEST_INDEX = web.RequestKey("loopback_index", int)
 # A hung request waits at most this long, so a forgotten client cannot keep the server busy forever.
 MAX_HANG_S = 300.0
 
@@ -91,6 +103,25 @@ class Fault:
     kind: str
     retry_after: Optional[str] = None
     count: Optional[int] = None
+
+
+@dataclass(frozen=True)
+class Answer:
+    """One chat-completions response: when the handler returned it (``time.monotonic()``), its
+    HTTP status (a ``drop`` shows 500, never delivered; a released ``hang`` 504) and the index of
+    its request in :attr:`LoopbackServer.received`."""
+
+    at: float
+    status: int
+    request: int
+
+
+@dataclass(frozen=True)
+class ModelsRequest:
+    """One ``GET /v1/models``: arrival time and ``Authorization`` header."""
+
+    at: float
+    authorization: Optional[str]
 
 
 @dataclass(frozen=True)
@@ -146,6 +177,7 @@ class LoopbackServer:
         fault_mix: the kinds random faults are drawn from (uniformly); marker syntax without
             the count, e.g. ``"500"``, ``"hang"``, ``"429:retry_after=0.1"``.
         fault_seed: seed of the random faults.
+        models: the model ids ``GET /v1/models`` lists.
     """
 
     def __init__(
@@ -157,6 +189,7 @@ class LoopbackServer:
         fault_rate: float = 0.0,
         fault_mix: Sequence[str] = DEFAULT_FAULT_MIX,
         fault_seed: int = 0,
+        models: Sequence[str] = ("loopback",),
     ):
         if latency_s < 0:
             raise ValueError(f"latency_s must be >= 0 (got {latency_s})")
@@ -174,6 +207,10 @@ class LoopbackServer:
         self._requested_port = port
         self._lock = threading.Lock()
         self._received: list[ReceivedRequest] = []
+        self._answers: list[Answer] = []
+        self._model_requests: list[ModelsRequest] = []
+        self.models = tuple(models)
+        self._outage: Optional[Fault] = None
         self._attempts_by_request: dict[str, int] = {}
         self._completed = 0
         self._in_flight = 0
@@ -228,10 +265,35 @@ class LoopbackServer:
         with self._lock:
             return self._max_in_flight
 
+    @property
+    def answers(self) -> list[Answer]:
+        """Every chat-completions response, in the order the handler returned them."""
+        with self._lock:
+            return list(self._answers)
+
+    @property
+    def model_requests(self) -> list[ModelsRequest]:
+        """Every ``GET /v1/models`` received."""
+        with self._lock:
+            return list(self._model_requests)
+
+    def set_outage(self, kind: Optional[str]) -> None:
+        """Fail every chat request with ``kind`` (marker syntax without the count, e.g.
+        ``"503"``, ``"429:retry_after=0.5"``, ``"hang"``) until called with ``None``."""
+        fault = None
+        if kind is not None:
+            fault = parse_fault(f"[[fault:{kind}]]")
+            if fault is None or fault.count is not None:
+                raise ValueError(f"an outage is a fault kind such as '503' or '429' (got {kind!r})")
+        with self._lock:
+            self._outage = fault
+
     def reset(self) -> None:
         """Forget received requests, fault attempt counters and the in-flight maximum."""
         with self._lock:
             self._received.clear()
+            self._answers.clear()
+            self._model_requests.clear()
             self._attempts_by_request.clear()
             self._completed = 0
             self._fault_counts.clear()
@@ -311,16 +373,28 @@ class LoopbackServer:
 
     # -------------------------------------------------------------------------------- handlers
     async def _models(self, request: web.Request) -> web.Response:
-        return web.json_response(
-            {"object": "list", "data": [{"id": "loopback", "object": "model"}]}
-        )
+        with self._lock:
+            self._model_requests.append(
+                ModelsRequest(time.monotonic(), request.headers.get("Authorization"))
+            )
+        return web.json_response({
+            "object": "list",
+            "data": [{"id": model, "object": "model", "created": 0, "owned_by": "loopback"}
+                     for model in self.models],
+        })
 
     async def _chat_completions(self, request: web.Request) -> web.StreamResponse:
         with self._lock:
             self._in_flight += 1
             self._max_in_flight = max(self._max_in_flight, self._in_flight)
         try:
-            return await self._answer(request)
+            response = await self._answer(request)
+            if REQUEST_INDEX in request:
+                with self._lock:
+                    self._answers.append(
+                        Answer(time.monotonic(), response.status, request[REQUEST_INDEX])
+                    )
+            return response
         finally:
             with self._lock:
                 self._in_flight -= 1
@@ -342,14 +416,18 @@ class LoopbackServer:
             f"{peer[0]}:{peer[1]}" if peer else "",
         )
         with self._lock:
+            request[REQUEST_INDEX] = len(self._received)
             self._received.append(received)
             attempt = self._attempts_by_request.get(request_key, 0) + 1
             self._attempts_by_request[request_key] = attempt
+            outage = self._outage
         if self.latency_s:
             await asyncio.sleep(self.latency_s)
         active_fault = fault if fault and (fault.count is None or attempt <= fault.count) else None
         if fault is None:
             active_fault = self._random_fault(request_key, attempt)
+        if outage is not None:
+            active_fault = outage
         if active_fault is not None:
             with self._lock:
                 self._fault_counts[active_fault.kind] += 1

@@ -321,7 +321,8 @@ async def test_api_key_never_reaches_cache_ledger_or_logs(
     spec = spec_for(server, api_key_env="MASR_TEST_KEY")
     cache_path = tmp_path / "cache.sqlite"
     async with ResponseCache(cache_path) as cache:
-        async with fast_pool([spec], cache=cache) as pool:
+        # The persisted ledger (written as calls settle) lands in tmp_path with the others.
+        async with fast_pool([spec], cache=cache, ledger_path=tmp_path / "persisted.jsonl") as pool:
             await pool.chat("m", user("[[fault:500x1]] keep my secret"))
             await pool.chat("m", user("another"))
             with pytest.raises(LLMCallError):
@@ -356,17 +357,19 @@ class KeyEchoingTransport:
 register_transport("test-key-echo", KeyEchoingTransport)
 
 
-async def test_a_key_echoed_in_an_error_is_redacted_everywhere(monkeypatch, caplog):
+async def test_a_key_echoed_in_an_error_is_redacted_everywhere(monkeypatch, caplog, tmp_path):
     secret = "sk-echo-9f8e7d6c5b4a39281706"
     monkeypatch.setenv("MASR_TEST_ECHO_KEY", secret)
     spec = LLMSpec("e", "e", "test-key-echo://x", 1.0, 1.0, "d", api_key_env="MASR_TEST_ECHO_KEY")
-    async with fast_pool([spec]) as pool:
+    ledger_file = tmp_path / "ledger.jsonl"
+    async with fast_pool([spec], ledger_path=ledger_file) as pool:
         with pytest.raises(LLMCallError) as info:
             await pool.chat("e", user("hi"))
     assert "invalid credential '<redacted>'" in str(info.value) and secret not in str(info.value)
     assert info.value.__cause__ is None and info.value.attempts == 2
     assert "bad key <redacted>" in caplog.text and secret not in caplog.text
     assert secret not in repr(pool.ledger.records)
+    assert "<redacted>" in ledger_file.read_text() and secret not in ledger_file.read_text()
 
 
 # ------------------------------------------------------------------------------------- ledger

@@ -7,15 +7,9 @@ from __future__ import annotations
 import asyncio
 import json
 import os
-import secrets
-import signal
-import subprocess
-import sys
 import time
-import urllib.error
-import urllib.request
 from pathlib import Path
-from typing import Any, Iterator, Optional
+from typing import Iterator, Optional
 
 import openai
 import pytest
@@ -23,16 +17,13 @@ import pytest
 from masr_graph.cli import load_policy
 from masr_graph.llm import LLMPool, LLMSpec
 from masr_graph.plan import Plan
-from masr_graph.replay import load_world, replay_specs
+from masr_graph.replay import load_world
 from masr_graph.runtime import MASExecutor
 from masr_graph.serve import domain_answer_key, serve
 
 from loopback_server import LoopbackServer
 from policies import library_checkpoint, small_library
-
-KEY_ENV = "MASR_TEST_SERVER_KEY"
-WORLD_SPECS = replay_specs("llmrouter", task="gsm8k")
-STARTUP_TIMEOUT_S = 180.0
+from serve_support import STARTUP_TIMEOUT_S, WORLD_SPECS, Server, masr_serve
 
 
 @pytest.fixture(scope="module")
@@ -41,53 +32,11 @@ def checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return library_checkpoint(tmp_path_factory.mktemp("serve") / "router.pt", WORLD_SPECS)
 
 
-class Server:
-    def __init__(self, base_url: str, key: str):
-        self.base_url, self.key = base_url, key
-
-    def client(self, key: Optional[str] = None, **kw: Any) -> openai.OpenAI:
-        return openai.OpenAI(base_url=self.base_url, api_key=key or self.key, max_retries=0, **kw)
-
-    def raw(self, method: str, path: str, body: Optional[bytes] = None,
-            headers: Optional[dict[str, str]] = None) -> tuple[int, dict[str, str], Any]:
-        """One HTTP request without any SDK; returns status, headers and the parsed JSON body."""
-        request = urllib.request.Request(self.base_url.removesuffix("/v1") + path, data=body,
-                                         method=method, headers=headers or {})
-        try:
-            with urllib.request.urlopen(request, timeout=60) as response:
-                return response.status, dict(response.headers), json.loads(response.read())
-        except urllib.error.HTTPError as error:
-            return error.code, dict(error.headers), json.loads(error.read())
-
-
 @pytest.fixture(scope="module")
 def server(checkpoint: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
     """`masr serve` on the replay pool with bearer auth, as a subprocess on a free port."""
-    logs = tmp_path_factory.mktemp("serve-logs")
-    key = "sk-test-" + secrets.token_hex(16)
-    env = {**os.environ, KEY_ENV: key}
-    with open(logs / "stdout", "w") as out, open(logs / "stderr", "w") as err:
-        process = subprocess.Popen(
-            [sys.executable, "-m", "masr_graph.cli", "serve", "--checkpoint", str(checkpoint),
-             "--world", "llmrouter", "--host", "127.0.0.1", "--port", "0", "--api-key-env", KEY_ENV],
-            stdout=out, stderr=err, env=env)
-    deadline = time.monotonic() + STARTUP_TIMEOUT_S
-    base_url = None
-    while base_url is None:
-        text = (logs / "stdout").read_text()
-        if "listening on " in text:
-            base_url = text.split("listening on ", 1)[1].split()[0]
-        elif process.poll() is not None or time.monotonic() > deadline:
-            process.kill()
-            pytest.fail(f"masr serve did not start: {(logs / 'stderr').read_text()[-2000:]}")
-        else:
-            time.sleep(0.2)
-    yield Server(base_url, key)
-    process.send_signal(signal.SIGTERM)
-    assert process.wait(timeout=60) == 0
-    output = (logs / "stdout").read_text() + (logs / "stderr").read_text()
-    assert "stopped after" in output
-    assert key not in output, "the bearer token leaked into the server's output"
+    with masr_serve(checkpoint, tmp_path_factory.mktemp("serve-logs")) as running:
+        yield running
 
 
 @pytest.fixture(scope="module")
@@ -172,6 +121,17 @@ def test_auth_is_required(server: Server) -> None:
                  "tools": []}).encode(), "tools", "unknown_parameter"),
     (json.dumps({"model": "masr", "messages": [{"role": "user", "content": "x"}],
                  "temperature": "hot"}).encode(), "temperature", "invalid_type"),
+    (json.dumps({"model": "masr", "messages": [{"role": "user", "content": "x"}],
+                 "stream": "yes"}).encode(), "stream", "invalid_type"),
+    (json.dumps({"model": "masr", "messages": [{"role": "user", "content": "x"}],
+                 "stream": True, "stream_options": {"include_usage": 1}}).encode(),
+     "stream_options.include_usage", "invalid_type"),
+    (json.dumps({"model": "masr", "messages": [{"role": "user", "content": "x"}],
+                 "stream": True, "stream_options": {"chunk_size": 4}}).encode(),
+     "stream_options.chunk_size", "unknown_parameter"),
+    (json.dumps({"model": "masr", "messages": [{"role": "user", "content": "x"}],
+                 "stream": True, "stream_options": [True]}).encode(), "stream_options",
+     "invalid_type"),
 ])
 def test_malformed_requests_get_openai_errors(server: Server, payload: bytes,
                                                param: Optional[str], code: str) -> None:
@@ -242,8 +202,8 @@ def test_bad_requests_through_the_sdk(server: Server, recorded: list) -> None:
     with pytest.raises(openai.BadRequestError, match="no message with role 'user'"):
         client.chat.completions.create(model="masr",
                                        messages=[{"role": "system", "content": query}])
-    with pytest.raises(openai.BadRequestError, match="stream=true is not supported"):
-        client.chat.completions.create(model="masr", stream=True,
+    with pytest.raises(openai.BadRequestError, match="only allowed when 'stream' is true"):
+        client.chat.completions.create(model="masr", stream_options={"include_usage": True},
                                        messages=[{"role": "user", "content": query}])
     with pytest.raises(openai.BadRequestError, match="only n=1"):
         client.chat.completions.create(model="masr", n=2,

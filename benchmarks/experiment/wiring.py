@@ -16,7 +16,7 @@ from __future__ import annotations
 import contextlib
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, AsyncIterator, Optional, Sequence
+from typing import Any, AsyncIterator, Mapping, Optional, Sequence
 
 import torch
 from tqdm.auto import tqdm
@@ -154,31 +154,43 @@ async def open_runtime(
     max_concurrent_queries: int = 64,
     unknown_outcome_cost: str = "worst_case",
     fail_fast_after: Optional[int] = DEFAULT_FAIL_FAST_AFTER,
+    cache: Optional[ResponseCache] = None,
+    endpoint_slots: Optional[Mapping[str, Any]] = None,
+    ledger_path: Optional[Path] = None,
+    scores_path: Optional[Path] = None,
 ) -> AsyncIterator[Runtime]:
     """The runtime of an experiment writing to ``out``: response cache ``out/llm_cache.sqlite``,
     score cache ``out/scores.sqlite``, a budget (``budget``, shared with other runtimes of the
     invocation, or a new one capped at ``max_usd``; neither: no cap), the pool
     (``unknown_outcome_cost`` and ``fail_fast_after`` as for :class:`LLMPool`), an executor that
     keeps no messages in traces and caps completions at ``max_tokens``, and the pipeline.
-    Everything is closed on exit, and every call record of the invocation is written to
-    ``out/ledgers/<run_id>.jsonl`` (also after an error or interrupt);
-    ``runtime.pool.ledger`` stays readable afterwards."""
-    cache = ResponseCache(out / "llm_cache.sqlite")
+    Everything is closed on exit. Every call record of the invocation is appended to
+    ``out/ledgers/<run_id>.jsonl`` as its call settles, so the file holds the spend even of an
+    invocation that crashed or was killed; ``runtime.pool.ledger`` stays readable afterwards.
+
+    A runtime in a worker of a grid spread over processes (:mod:`.cluster`) passes what it shares
+    with them: ``cache`` (a response cache the caller owns and closes), ``endpoint_slots`` (the
+    pool's per-endpoint limits, see :class:`LLMPool`), its own ``ledger_path`` and
+    ``scores_path``."""
+    own_cache = cache is None
+    if cache is None:
+        cache = ResponseCache(out / "llm_cache.sqlite")
     if budget is None and max_usd is not None:
         budget = Budget(max_usd)
     pool = LLMPool(list(specs), cache=cache, budget=budget, run_id=run_id,
-                   unknown_outcome_cost=unknown_outcome_cost, fail_fast_after=fail_fast_after)
-    scores = ScoreCache(out / "scores.sqlite")
+                   unknown_outcome_cost=unknown_outcome_cost, fail_fast_after=fail_fast_after,
+                   ledger_path=ledger_path or out / "ledgers" / f"{run_id}.jsonl",
+                   **({"endpoint_slots": endpoint_slots} if endpoint_slots else {}))
+    scores = ScoreCache(scores_path or out / "scores.sqlite")
     executor = MASExecutor(pool, keep_messages=False, max_tokens=max_tokens,
                            max_concurrent_queries=max_concurrent_queries)
     try:
         yield Runtime(pool, executor, Pipeline(executor, scores=scores), budget)
     finally:
-        await pool.aclose()
-        await cache.aclose()
+        await pool.aclose()  # also closes the ledger file
+        if own_cache:
+            await cache.aclose()
         scores.close()
-        (out / "ledgers").mkdir(parents=True, exist_ok=True)
-        pool.ledger.to_jsonl(out / "ledgers" / f"{run_id}.jsonl")
 
 
 def make_trainer(

@@ -14,8 +14,15 @@ Typical use::
 from .budget import Budget, Reservation
 from .cache import CachedResponse, ResponseCache, cache_key
 from .config import load_pool_config
+from .health import CIRCUIT_STATES, EndpointHealth, HealthEvent
 from .ledger import Ledger
-from .pool import DEFAULT_FAIL_FAST_AFTER, UNKNOWN_OUTCOME_COSTS, LLMPool
+from .pool import (
+    DEFAULT_CIRCUIT_AFTER,
+    DEFAULT_CIRCUIT_OPEN_S,
+    DEFAULT_FAIL_FAST_AFTER,
+    UNKNOWN_OUTCOME_COSTS,
+    LLMPool,
+)
 from .tokens import estimate_prompt_tokens, estimate_text_tokens, prompt_tokens_upper_bound
 from .transport import (
     OpenAITransport,
@@ -38,8 +45,13 @@ from .types import (
 
 __all__ = [
     "Budget",
+    "CIRCUIT_STATES",
     "CachedResponse",
+    "DEFAULT_CIRCUIT_AFTER",
+    "DEFAULT_CIRCUIT_OPEN_S",
     "DEFAULT_FAIL_FAST_AFTER",
+    "EndpointHealth",
+    "HealthEvent",
     "CallContext",
     "CallRecord",
     "ChatResult",

@@ -7,11 +7,21 @@ replies, cancellations) were charged, in ``estimated_usd``: the ledger's ``cost_
 exactly what the run's :class:`~masr_graph.llm.budget.Budget` counted as spent.
 ``would_have_cost_usd`` sums what the calls cost when they were first made, so
 ``would_have_cost_usd - cost_usd`` is what the cache saved minus what failures added.
+
+Persistence. A ledger given a ``path`` appends each record to that JSONL file as it is added —
+one ``write`` of one line to a file opened with ``O_APPEND``, so the line reaches the operating
+system before :meth:`Ledger.add` returns. A crash or SIGKILL of the process loses no record
+added before it (an OS crash or power loss may lose the last few, as with the response cache);
+several processes may append to one file without interleaving their lines; and
+:meth:`Ledger.from_jsonl` reads the file, skipping a last line cut short by a kill mid-write.
+What cannot be on record is an attempt still in flight when the process died: its outcome was
+never known.
 """
 
 from __future__ import annotations
 
 import json
+import logging
 import os
 import threading
 from collections import defaultdict
@@ -23,20 +33,63 @@ from .types import CallRecord, UsageTotals
 
 K = TypeVar("K", bound=Hashable)
 
+log = logging.getLogger(__name__)
+
 _RECORD_FIELDS = {f.name for f in fields(CallRecord)}
 
 
 class Ledger:
-    """Thread-safe, append-only collection of :class:`CallRecord` s."""
+    """Thread-safe, append-only collection of :class:`CallRecord` s.
 
-    def __init__(self, records: Iterable[CallRecord] = ()):
+    Args:
+        records: records to start with (not written to ``path``).
+        path: a JSONL file each added record is appended to (see the module docstring); it and
+            its parent directories are created if missing, an existing file is appended to.
+            ``None``: in memory only.
+    """
+
+    def __init__(
+        self,
+        records: Iterable[CallRecord] = (),
+        *,
+        path: Optional[Union[str, "os.PathLike[str]"]] = None,
+    ):
         self._lock = threading.Lock()
         self._records: list[CallRecord] = list(records)
+        self.path = Path(path) if path is not None else None
+        self._fd: Optional[int] = None
+        if self.path is not None:
+            self._open()  # now, so an unwritable path fails here and not after a paid call
+
+    def _open(self) -> int:
+        assert self.path is not None
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+        return self._fd
 
     def add(self, record: CallRecord) -> None:
-        """Append one call's record."""
+        """Append one call's record (and its line to :attr:`path`, if set).
+
+        Raises:
+            OSError: the line cannot be written (disk full...); the record is kept in memory.
+        """
+        line = b""
+        if self.path is not None:
+            line = (json.dumps(record.to_dict(), sort_keys=True) + "\n").encode("utf-8")
         with self._lock:
             self._records.append(record)
+            if line:
+                fd = self._fd if self._fd is not None else self._open()
+                view = memoryview(line)
+                while view:  # one write in practice; a short write is continued, never torn
+                    view = view[os.write(fd, view):]
+
+    def close(self) -> None:
+        """Close :attr:`path` (a later :meth:`add` reopens it)."""
+        with self._lock:
+            fd, self._fd = self._fd, None
+        if fd is not None:
+            os.close(fd)
 
     @property
     def records(self) -> list[CallRecord]:
@@ -92,12 +145,23 @@ class Ledger:
 
     @classmethod
     def from_jsonl(cls, path: Union[str, "os.PathLike[str]"]) -> "Ledger":
-        """Read a ledger written by :meth:`to_jsonl`; unknown keys are ignored."""
+        """Read a ledger written by :meth:`to_jsonl` or appended to through ``path``; unknown
+        keys are ignored, and so is a last line without its newline that is not JSON (a write
+        cut short by a kill)."""
+        text = Path(path).read_text(encoding="utf-8")
+        lines = text.split("\n")
         records = []
-        for line in Path(path).read_text(encoding="utf-8").splitlines():
-            if line.strip():
+        for number, line in enumerate(lines, start=1):
+            if not line.strip():
+                continue
+            try:
                 data = json.loads(line)
-                records.append(CallRecord(**{k: v for k, v in data.items() if k in _RECORD_FIELDS}))
+            except json.JSONDecodeError:
+                if number == len(lines):  # no newline after it: torn by a crash mid-write
+                    log.warning("%s: ignoring its unfinished last line", path)
+                    continue
+                raise
+            records.append(CallRecord(**{k: v for k, v in data.items() if k in _RECORD_FIELDS}))
         return cls(records)
 
 

@@ -7,7 +7,16 @@ worst-case cost in the budget, and runs under the LLM's ``timeout_s`` — backin
 with jitter between transient failures, or as long as a ``Retry-After`` header asks. Success,
 failure, cache hit, budget refusal or cancellation: every call appends one :class:`CallRecord` to
 the ledger, charged what the budget charged it (attempts of unknown outcome included, see
-:data:`UNKNOWN_OUTCOME_COSTS`), so the ledger's total is the budget's ``spent_usd``.
+:data:`UNKNOWN_OUTCOME_COSTS`), so the ledger's total is the budget's ``spent_usd``; with
+``ledger_path`` each record is also appended to a JSONL file as the call settles, so the record
+of spend survives the process (a crash or SIGKILL loses none of the settled calls).
+
+What one attempt learns about its endpoint holds back every call to it
+(:mod:`masr_graph.llm.health`): a ``Retry-After`` or repeated 429s pause the whole endpoint, a
+429 halves its concurrency limit (which grows back with answers), and an endpoint whose calls
+keep failing has its circuit opened — calls to it then fail at once with
+:class:`~masr_graph.errors.CircuitOpenError`, without a request or a reservation, until one trial
+request finds it answering again.
 """
 
 from __future__ import annotations
@@ -25,6 +34,7 @@ from typing import Any, Iterable, Mapping, NoReturn, Optional, Sequence, Union
 
 from ..errors import (
     BudgetExceeded,
+    CircuitOpenError,
     ConfigError,
     LLMCallError,
     LLMUnavailableError,
@@ -34,6 +44,7 @@ from ..errors import (
 from .budget import Budget
 from .cache import CachedResponse, ResponseCache, cache_key
 from .config import load_pool_config
+from .health import EndpointHealth, EndpointRefusal
 from .ledger import Ledger
 from .tokens import estimate_prompt_tokens, estimate_text_tokens, prompt_tokens_upper_bound
 from .transport import TransientError, Transport, transport_factory, url_scheme
@@ -53,6 +64,10 @@ generated before they were cut."""
 DEFAULT_FAIL_FAST_AFTER = 5
 """Calls failing for good, with none answered, after which an LLM (or an endpoint) counts as
 unavailable and the run stops."""
+DEFAULT_CIRCUIT_AFTER = 5
+"""Calls to one endpoint failing for good in a row (transient faults) that open its circuit."""
+DEFAULT_CIRCUIT_OPEN_S = 30.0
+"""How long an open circuit refuses calls before letting one trial request through."""
 
 
 @dataclass
@@ -64,6 +79,7 @@ class _Spend:
     billed_attempts: int = 0
     estimated_usd: float = 0.0
     estimated_attempts: int = 0
+    sent_attempts: int = 0  # handed to the transport (not those refused or cancelled before)
 
     @property
     def usd(self) -> float:
@@ -103,12 +119,27 @@ class LLMPool:
             every later call to it raises :class:`LLMUnavailableError`, which the runtime does
             not swallow: a wrong URL, model id or key stops the run instead of producing a run
             of failed agents. ``None`` disables the check (a server that must outlive outages).
+        circuit_after: calls to one endpoint failing for good in a row through transient
+            faults that open its circuit (see :mod:`masr_graph.llm.health`); ``None`` disables
+            the breaker. Unlike ``fail_fast_after`` it does not stop the run: calls fail fast
+            with :class:`~masr_graph.errors.CircuitOpenError` (an :class:`LLMCallError`) while
+            the circuit is open, then one trial request decides whether it closes.
+        circuit_open_s: how long an open circuit refuses calls before its trial request.
+        ledger_path: a JSONL file to which every call record is appended (and flushed to the
+            operating system) as the call settles, in :meth:`Ledger.to_jsonl`'s format; an
+            existing file is appended to. ``None``: the ledger is kept in memory only.
+        endpoint_slots: per endpoint (``base_url`` without a trailing ``/``), an async context
+            manager that takes the place of the pool's own concurrency slots, e.g. slots shared
+            by every process of a cluster; endpoints not named keep the pool's own.
 
     Concurrency: calls to one endpoint (``base_url``) run at most ``min(max_concurrency)`` over
     the specs sharing it at a time, since a provider limits per account and endpoint rather than
-    per model name. The pool, its cache and budget belong to one event loop.
+    per model name; that limit adapts to throttling (halved by a 429, grown back by answers) and
+    a ``Retry-After`` pauses every call to the endpoint (:mod:`masr_graph.llm.health`). The pool,
+    its cache and budget belong to one event loop.
 
-    The pool does not own ``cache`` or ``budget``: :meth:`aclose` closes transports only.
+    The pool does not own ``cache`` or ``budget``: :meth:`aclose` closes the transports and the
+    ledger file only.
     """
 
     def __init__(
@@ -123,6 +154,10 @@ class LLMPool:
         run_id: Optional[str] = None,
         unknown_outcome_cost: str = "worst_case",
         fail_fast_after: Optional[int] = DEFAULT_FAIL_FAST_AFTER,
+        circuit_after: Optional[int] = DEFAULT_CIRCUIT_AFTER,
+        circuit_open_s: float = DEFAULT_CIRCUIT_OPEN_S,
+        ledger_path: Optional[Union[str, "os.PathLike[str]"]] = None,
+        endpoint_slots: Optional[Mapping[str, Any]] = None,
     ):
         spec_list = list(specs)
         if not spec_list:
@@ -154,6 +189,22 @@ class LLMPool:
             raise ValueError(
                 f"fail_fast_after must be an integer >= 1 or None (got {fail_fast_after!r})"
             )
+        if circuit_after is not None and (
+            isinstance(circuit_after, bool)
+            or not isinstance(circuit_after, int)
+            or circuit_after < 1
+        ):
+            raise ValueError(
+                f"circuit_after must be an integer >= 1 or None (got {circuit_after!r})"
+            )
+        if (
+            isinstance(circuit_open_s, bool)
+            or not isinstance(circuit_open_s, (int, float))
+            or not (math.isfinite(circuit_open_s) and circuit_open_s > 0)
+        ):
+            raise ValueError(
+                f"circuit_open_s must be a finite number of seconds > 0 (got {circuit_open_s!r})"
+            )
         self.unknown_outcome_cost = unknown_outcome_cost
         self.fail_fast_after = fail_fast_after
         self._answered_llms: set[str] = set()
@@ -168,7 +219,6 @@ class LLMPool:
         self.backoff_base_s = backoff_base_s
         self.backoff_max_s = backoff_max_s
         self.run_id = run_id or uuid.uuid4().hex[:12]
-        self._ledger = Ledger()
         self._random = random.Random()
         self._in_flight: dict[str, asyncio.Event] = {}
 
@@ -186,7 +236,18 @@ class LLMPool:
         for spec in spec_list:
             endpoint = _endpoint(spec)
             limits[endpoint] = min(limits.get(endpoint, spec.max_concurrency), spec.max_concurrency)
-        self._slots = {endpoint: asyncio.Semaphore(n) for endpoint, n in limits.items()}
+        shared_slots = dict(endpoint_slots or {})
+        self._slots = {endpoint: shared_slots.get(endpoint) or asyncio.Semaphore(n)
+                       for endpoint, n in limits.items()}
+        self._health = {
+            endpoint: EndpointHealth(
+                endpoint, n, throttle_base_s=backoff_base_s, throttle_max_s=backoff_max_s,
+                circuit_after=circuit_after, circuit_open_s=float(circuit_open_s),
+            )
+            for endpoint, n in limits.items()
+        }
+        # Last, so a constructor that fails leaves no file open.
+        self._ledger = Ledger(path=ledger_path)
 
     @classmethod
     def from_yaml(cls, path: Union[str, "os.PathLike[str]"], **kwargs: Any) -> "LLMPool":
@@ -208,6 +269,11 @@ class LLMPool:
         """How many calls may be in flight at once to the endpoint of ``llm``."""
         endpoint = _endpoint(self._spec(llm))
         return min(s.max_concurrency for s in self._specs.values() if _endpoint(s) == endpoint)
+
+    def health(self, llm: str) -> EndpointHealth:
+        """The health of the endpoint of ``llm`` (shared by every LLM on it): circuit ``state``,
+        current adaptive ``limit``, ``cooldown_remaining_s()`` and a ``history`` of changes."""
+        return self._health[_endpoint(self._spec(llm))]
 
     def _spec(self, llm: str) -> LLMSpec:
         spec = self._specs.get(llm)
@@ -281,6 +347,11 @@ class LLMPool:
         finally:
             del self._in_flight[key]
             done.set()
+            # A cache shared by several processes claims a missed key so that only one of them
+            # calls the endpoint for it; the claim ends with the call, answered or not.
+            release = getattr(self.cache, "release", None)
+            if release is not None:
+                release(key)
 
     async def _call_endpoint(
         self,
@@ -301,6 +372,7 @@ class LLMPool:
         spend = _Spend()
         attempt = 0
         recorded = False
+        answers_at_start = self._health[_endpoint(spec)].answers
 
         def record(
             attempts: int,
@@ -339,6 +411,22 @@ class LLMPool:
                 except BudgetExceeded as exc:
                     record(attempt - 1, error=f"budget: {exc}")
                     raise
+                except EndpointRefusal as refusal:
+                    # Nothing was sent or reserved: the circuit is open, or the endpoint's
+                    # cooldown outlasts backoff_max_s.
+                    made = attempt - 1
+                    record(made, error=refusal.reason)
+                    refused: LLMCallError
+                    if refusal.circuit:
+                        retry_at = (
+                            None if refusal.retry_in_s is None else time.time() + refusal.retry_in_s
+                        )
+                        refused = CircuitOpenError(
+                            spec.name, spec.base_url, refusal.reason, made, retry_at
+                        )
+                    else:
+                        refused = LLMCallError(spec.name, refusal.reason, made)
+                    self._failed_for_good(spec, refused, cause=None)
                 except MasrError as exc:
                     # Typed errors (missing key, replay lookups) pass through; nothing was sent.
                     record(attempt - 1, error=str(exc))
@@ -394,12 +482,15 @@ class LLMPool:
                 )
                 await asyncio.sleep(delay)
             record(attempt, error=reason)
-            self._failed_for_good(spec, LLMCallError(spec.name, reason, attempt), cause=None)
+            self._failed_for_good(
+                spec, LLMCallError(spec.name, reason, attempt), cause=None,
+                answers_at_start=answers_at_start,
+            )
         except BaseException:
             # Cancelled (a batch stopping, Ctrl-C) during or between attempts: what the budget
             # charged for the attempts made so far still goes on record.
             if not recorded:
-                record(attempt, error="cancelled")
+                record(spend.sent_attempts, error="cancelled")
             raise
 
     async def _attempt(
@@ -416,45 +507,85 @@ class LLMPool:
         failures are returned; permanent ones and :class:`BudgetExceeded` raise.
 
         A failed attempt's cost is settled in the budget and added to ``spend`` in one place, so
-        the ledger and the budget charge it the same amount whatever ends the attempt."""
-        async with self._slots[_endpoint(spec)]:
-            reservation = None
-            if self.budget is not None:
-                reservation = await self.budget.reserve(worst_usd, spec.name)
-            # From here the request may be on its way: until its outcome is known it is charged
-            # as unknown (a cancelled or timed-out request may still be billed).
-            cost_usd, unknown = unknown_usd, True
+        the ledger and the budget charge it the same amount whatever ends the attempt.
+
+        Before anything is reserved, the endpoint's health admits the attempt (waiting out a
+        cooldown and the adaptive concurrency limit) or refuses it (:class:`EndpointRefusal`);
+        the attempt's outcome is then reported back to it."""
+        endpoint = _endpoint(spec)
+        health = self._health[endpoint]
+        while True:
+            permit = await health.admit(self.backoff_max_s)
             try:
-                try:
-                    completion = await asyncio.wait_for(
-                        self._transports[spec.name].complete(spec, messages, params, context),
-                        timeout=spec.timeout_s,
-                    )
-                except asyncio.TimeoutError as exc:
-                    raise TransientError(
-                        f"timeout after {spec.timeout_s:g}s", may_be_billed=True
-                    ) from exc
-                usage = _usage(messages, completion)
-                cost_usd, unknown = spec.cost_usd(usage[0], usage[1]), False
-                return _Attempt(cost_usd, completion=completion, usage=usage)
-            except TransientError as failure:
-                if failure.billed is not None:
-                    cost_usd, unknown = spec.cost_usd(*_usage(messages, failure.billed)[:2]), False
-                    spend.billed_usd += cost_usd
-                    spend.billed_attempts += 1
-                elif not failure.may_be_billed:
-                    cost_usd, unknown = 0.0, False
-                return _Attempt(cost_usd, failure=failure)
-            except Exception:
-                cost_usd, unknown = 0.0, False  # permanent errors (4xx, missing key) are not billed
-                raise
+                async with self._slots[endpoint]:
+                    # A cooldown or an open circuit may have begun while waiting for the slot.
+                    if health.may_send(permit):
+                        outcome = await self._send(
+                            spec, messages, params, context, worst_usd, unknown_usd, spend
+                        )
+                        failure = outcome.failure
+                        if failure is None:
+                            health.on_answer(permit)
+                        elif failure.status == 429 or failure.retry_after is not None:
+                            health.on_throttle(
+                                permit, failure.retry_after, _redact(failure.reason, spec)
+                            )
+                        else:
+                            health.on_failure(permit, _redact(failure.reason, spec))
+                        return outcome
             finally:
-                if unknown:
-                    spend.estimated_usd += cost_usd
-                    spend.estimated_attempts += 1
-                if reservation is not None:
-                    assert self.budget is not None
-                    self.budget.settle(reservation, cost_usd)
+                health.release(permit)
+
+    async def _send(
+        self,
+        spec: LLMSpec,
+        messages: Sequence[Message],
+        params: dict[str, Any],
+        context: CallContext,
+        worst_usd: float,
+        unknown_usd: float,
+        spend: "_Spend",
+    ) -> _Attempt:
+        """Send one admitted attempt under its budget reservation and timeout (see
+        :meth:`_attempt`)."""
+        reservation = None
+        if self.budget is not None:
+            reservation = await self.budget.reserve(worst_usd, spec.name)
+        # From here the request may be on its way: until its outcome is known it is charged
+        # as unknown (a cancelled or timed-out request may still be billed).
+        cost_usd, unknown = unknown_usd, True
+        spend.sent_attempts += 1
+        try:
+            try:
+                completion = await asyncio.wait_for(
+                    self._transports[spec.name].complete(spec, messages, params, context),
+                    timeout=spec.timeout_s,
+                )
+            except asyncio.TimeoutError as exc:
+                raise TransientError(
+                    f"timeout after {spec.timeout_s:g}s", may_be_billed=True
+                ) from exc
+            usage = _usage(messages, completion)
+            cost_usd, unknown = spec.cost_usd(usage[0], usage[1]), False
+            return _Attempt(cost_usd, completion=completion, usage=usage)
+        except TransientError as failure:
+            if failure.billed is not None:
+                cost_usd, unknown = spec.cost_usd(*_usage(messages, failure.billed)[:2]), False
+                spend.billed_usd += cost_usd
+                spend.billed_attempts += 1
+            elif not failure.may_be_billed:
+                cost_usd, unknown = 0.0, False
+            return _Attempt(cost_usd, failure=failure)
+        except Exception:
+            cost_usd, unknown = 0.0, False  # permanent errors (4xx, missing key) are not billed
+            raise
+        finally:
+            if unknown:
+                spend.estimated_usd += cost_usd
+                spend.estimated_attempts += 1
+            if reservation is not None:
+                assert self.budget is not None
+                self.budget.settle(reservation, cost_usd)
 
     # --------------------------------------------------------------------------- fail fast
     def _unavailable(self, spec: LLMSpec) -> Optional[LLMUnavailableError]:
@@ -481,10 +612,21 @@ class LLMPool:
         self._answered_endpoints.add(_endpoint(spec))
 
     def _failed_for_good(
-        self, spec: LLMSpec, error: LLMCallError, *, cause: Optional[BaseException]
+        self,
+        spec: LLMSpec,
+        error: LLMCallError,
+        *,
+        cause: Optional[BaseException],
+        answers_at_start: Optional[int] = None,
     ) -> NoReturn:
-        """Raise ``error``, or :class:`LLMUnavailableError` when this failure trips fail-fast."""
+        """Raise ``error``, or :class:`LLMUnavailableError` when this failure trips fail-fast.
+
+        ``answers_at_start``: given when the call's attempts failed transiently (the endpoint's
+        answer count when the call started), which may count towards opening the endpoint's
+        circuit; a permanent error or a refusal without a request does not."""
         endpoint = _endpoint(spec)
+        if answers_at_start is not None:
+            self._health[endpoint].on_call_failed(error.reason, answers_at_start)
         if spec.name not in self._answered_llms:
             self._llm_failures[spec.name] += 1
             self._last_failure[spec.name] = error.reason
@@ -567,9 +709,13 @@ class LLMPool:
         return record
 
     async def aclose(self) -> None:
-        """Close the transports (their HTTP connections). The cache and budget are the caller's."""
-        for transport in self._distinct_transports:
-            await transport.aclose()
+        """Close the transports (their HTTP connections) and the ledger file. The cache and
+        budget are the caller's."""
+        try:
+            for transport in self._distinct_transports:
+                await transport.aclose()
+        finally:
+            self._ledger.close()
 
     async def __aenter__(self) -> "LLMPool":
         return self

@@ -49,6 +49,7 @@ class TransientError(MasrError):
         billed: usage of the failed attempt when the provider reported it (it will be charged).
         may_be_billed: the outcome is unknown (a timeout, a dropped or garbled response): the
             provider may charge for it without telling us, so the budget keeps its worst case.
+        status: the HTTP status of the answer, if there was one (429 throttles the endpoint).
     """
 
     def __init__(
@@ -58,12 +59,14 @@ class TransientError(MasrError):
         billed: Optional[Completion] = None,
         *,
         may_be_billed: bool = False,
+        status: Optional[int] = None,
     ):
         super().__init__(reason)
         self.reason = reason
         self.retry_after = retry_after
         self.billed = billed
         self.may_be_billed = may_be_billed
+        self.status = status
 
 
 _FACTORIES: dict[str, TransportFactory] = {}
@@ -177,6 +180,7 @@ class OpenAITransport:
                 raise TransientError(
                     f"HTTP {exc.status_code}: {detail or exc.message}",
                     retry_after=retry_after_seconds(exc.response.headers),
+                    status=exc.status_code,
                 ) from exc
             raise
         except openai.APIConnectionError as exc:  # the SDK's APITimeoutError included
