@@ -31,7 +31,14 @@ from .tasks.registry import (
     load_benchmark,
     register_benchmark,
 )
-from .tasks.splits import Split, check_split_data, load_split, make_split, save_split, split_examples
+from .tasks.splits import (
+    Split,
+    check_split_data,
+    load_split,
+    make_split,
+    save_split,
+    split_examples,
+)
 
 __all__ = [
     "DATA_DIR_ENV",

@@ -5,6 +5,7 @@ fetch and check the data, check a pool of endpoints before paying for it.
     masr train --benchmark gsm8k --checkpoint router.pt --max-usd 5
     masr eval --benchmark gsm8k --checkpoint router.pt --lam 10 100
     masr serve --checkpoint router.pt --port 8000 --api-key-env MASR_SERVER_KEY
+    masr serve --checkpoint zeroeval-paper5-gsm8k --ledger calls.jsonl   # a shipped checkpoint
     masr data fetch --dest ~/masr-data && masr data check --data-dir ~/masr-data
     masr pool check pool.yaml        # keys set, endpoints reachable, models listed; nothing paid
 
@@ -57,18 +58,26 @@ UNKNOWN_OUTCOME_COSTS = ("worst_case", "prompt_only")  # masr_graph.llm.UNKNOWN_
 
 
 # ---------------------------------------------------------------------------------- arguments
-def _add_pool_options(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--world", choices=("zeroeval", "llmrouter"), default="zeroeval",
-                        help="recorded world of a recorded pool (default: zeroeval)")
+def _add_pool_options(parser: argparse.ArgumentParser, *, from_checkpoint: bool = False
+                      ) -> None:
+    """``--world``, ``--pool``, ``--data-dir``, ``--rule``; ``from_checkpoint``: their defaults
+    are the checkpoint's origin (what it was trained on)."""
+    trained = "the checkpoint's (what it was trained on)"
+    parser.add_argument("--world", choices=("zeroeval", "llmrouter"),
+                        default=None if from_checkpoint else "zeroeval",
+                        help=f"recorded world of a recorded pool (default: "
+                             f"{trained + ', then zeroeval' if from_checkpoint else 'zeroeval'})")
     parser.add_argument("--pool", default=None, metavar="POOL",
                         help="a named recorded pool (paper5, mix, all), a comma-separated list "
                              "of recorded LLMs, or a pool YAML file of real endpoints (see "
-                             "masr_graph/configs/example_pool.yaml); default: every LLM "
-                             "recorded on the task")
+                             "masr_graph/configs/example_pool.yaml); default: "
+                             + (trained if from_checkpoint else "every LLM recorded on the task"))
     parser.add_argument("--data-dir", type=Path, default=None,
                         help="data directory (default: $MASR_DATA_DIR, then ../shared/data)")
-    parser.add_argument("--rule", default="calibrated",
-                        help="replay collaboration rule (default: calibrated)")
+    parser.add_argument("--rule", default=None if from_checkpoint else "calibrated",
+                        help="replay collaboration rule (default: "
+                             + (f"{trained}, then calibrated)" if from_checkpoint
+                                else "calibrated)"))
 
 
 def _add_budget_options(parser: argparse.ArgumentParser, *, cap_help: str) -> None:
@@ -116,7 +125,8 @@ def build_parser() -> argparse.ArgumentParser:
                     "cost preference: task, collaboration mode, agents' roles and LLMs, with "
                     "their probabilities. Nothing is executed.")
     route.add_argument("queries", nargs="+", metavar="QUERY", help="query text(s)")
-    route.add_argument("--checkpoint", type=Path, required=True, help="router checkpoint (.pt)")
+    route.add_argument("--checkpoint", required=True,
+                       help="router checkpoint: a .pt file or the name of a shipped one")
     route.add_argument("--lam", type=non_negative_float, default=100.0,
                        help="cost preference λ, utility per $ (default: 100)")
     route.add_argument("--json", action="store_true", help="print JSON instead of a table")
@@ -187,10 +197,13 @@ def build_parser() -> argparse.ArgumentParser:
                     "the decision node's output (stream=true: as server-sent events); usage is "
                     "summed over all agents and the plan is in the 'masr_plan' response field. "
                     "GET /metrics serves Prometheus metrics.")
-    serve.add_argument("--checkpoint", type=Path, required=True, help="router checkpoint (.pt)")
-    _add_pool_options(serve)
+    serve.add_argument("--checkpoint", required=True,
+                       help="router checkpoint: a .pt file or the name of a shipped one "
+                            "(python -m masr_graph.checkpoints list)")
+    _add_pool_options(serve, from_checkpoint=True)
     serve.add_argument("--task", default=None,
-                       help="the task whose recorded pool to serve (default: the checkpoint's)")
+                       help="the task whose recorded pool to serve (default: the checkpoint's "
+                            "benchmark)")
     serve.add_argument("--lam", type=non_negative_float, default=100.0,
                        help="default cost preference λ; a request's 'masr_cost_lambda' field or a "
                             "model name 'masr-lambda-<λ>' overrides it (default: 100)")
@@ -204,10 +217,15 @@ def build_parser() -> argparse.ArgumentParser:
                                         "requests get 429")
     serve.add_argument("--cache", type=Path, default=None, metavar="FILE",
                        help="SQLite LLM response cache (default: none)")
+    serve.add_argument("--ledger", type=Path, default=None, metavar="FILE",
+                       help="append every LLM call's record (tokens, $, cache hit, error) to "
+                            "this JSONL file as the call settles; an existing file is appended "
+                            "to (default: none, the ledger is kept in memory)")
     serve.add_argument("--seed", type=int, default=0,
                        help="default edge-sampling seed; a request's 'seed' overrides it")
-    serve.add_argument("--max-tokens", type=positive_int, default=512,
-                       help="completion cap per agent call (default: 512)")
+    serve.add_argument("--max-tokens", type=positive_int, default=None,
+                       help="completion cap per agent call (default: the cap the router was "
+                            "trained with: a recorded world's own, else 1024)")
     serve.add_argument("--temperature", type=temperature, default=0.0,
                        help="sampling temperature of every agent (default: 0)")
     serve.add_argument("--max-concurrent-runs", type=positive_int, default=64,
@@ -288,24 +306,21 @@ def _pair_run(args: argparse.Namespace, **settings: Any) -> Any:
 
 def load_policy(checkpoint: Path) -> Any:
     """The :class:`~masr_graph.router.library.LibraryPolicy` of a checkpoint (its own
-    vocabulary, library and gate).
+    vocabulary, library, gate and origin): :meth:`LibraryPolicy.from_checkpoint`.
 
     Raises:
         ConfigError: unreadable checkpoint, or one without a plan library.
     """
-    from .router import TextEncoder, load_checkpoint
     from .router.library import LibraryPolicy
 
-    loaded = load_checkpoint(checkpoint, encoder=TextEncoder())
-    if not loaded.library:
-        raise ConfigError(f"checkpoint {checkpoint} holds no plan library; train it with "
-                          "`masr train` (or benchmarks/run_all.py)")
-    return LibraryPolicy(loaded.router, loaded.vocab, loaded.library, loaded.gate)
+    return LibraryPolicy.from_checkpoint(checkpoint)
 
 
 # ---------------------------------------------------------------------------------- commands
 def _route(args: argparse.Namespace) -> int:
-    policy = load_policy(args.checkpoint)
+    from .checkpoints import resolve
+
+    policy = load_policy(resolve(args.checkpoint))
     plans = policy.route(list(args.queries), args.lam)
     if args.json:
         print(json.dumps([{"query": q, "plan": p.to_dict()} for q, p in zip(args.queries, plans)],
@@ -389,17 +404,21 @@ async def _eval(args: argparse.Namespace) -> int:
 
 async def _serve(args: argparse.Namespace) -> int:
     api_key = _read_api_key(args.api_key_env)  # before the slow imports: fail fast
-    from .benchmarks.experiment import pool_specs
+    from .benchmarks.experiment import checkpoint_pool
+    from .checkpoints import resolve
+    from .mas import trained_max_tokens
     from .serve import serve
 
-    policy = load_policy(args.checkpoint)
-    task = args.task or next(iter(policy.gate), None) or policy.library[0].task
-    benchmark = {"math": "gsm8k", "code": "humaneval", "knowledge": "mmlu"}.get(task, task)
-    specs, _ = pool_specs(args.pool, world=args.world, task=benchmark, data_dir=args.data_dir,
-                          rule=args.rule)
+    path = resolve(args.checkpoint)
+    policy = load_policy(path)
+    # The pool the checkpoint was trained for (its origin), unless overridden.
+    specs, backend = checkpoint_pool(policy.origin, policy.library, pool=args.pool,
+                                     world=args.world, task=args.task, rule=args.rule,
+                                     data_dir=args.data_dir, source=f"checkpoint {path}")
     await serve(policy, specs, host=args.host, port=args.port, api_key=api_key,
                 max_usd=args.max_usd, unknown_outcome_cost=args.unknown_outcome_cost,
-                cache_path=args.cache, seed=args.seed, max_tokens=args.max_tokens,
+                cache_path=args.cache, ledger_path=args.ledger, seed=args.seed,
+                max_tokens=args.max_tokens or trained_max_tokens(backend, args.data_dir),
                 temperature=args.temperature, max_concurrent_runs=args.max_concurrent_runs,
                 max_queued=args.max_queued, request_timeout_s=args.request_timeout_s or None,
                 max_body_bytes=args.max_body_mb * 2**20, cost_lambda=args.lam,

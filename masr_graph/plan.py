@@ -40,7 +40,8 @@ class Plan:
             raise RoutingError("a plan needs at least one agent (got no roles)")
         if len(self.roles) != len(self.llms):
             raise RoutingError(
-                f"a plan needs one LLM per role (got {len(self.roles)} roles and {len(self.llms)} LLMs)"
+                f"a plan needs one LLM per role (got {len(self.roles)} roles and "
+                f"{len(self.llms)} LLMs)"
             )
         if self.edge_logits is not None:
             rows = tuple(tuple(float(v) for v in row) for row in self.edge_logits)

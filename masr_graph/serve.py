@@ -1115,6 +1115,7 @@ async def serve(
     max_usd: Optional[float] = None,
     unknown_outcome_cost: str = "worst_case",
     cache_path: Optional[Path] = None,
+    ledger_path: Optional[Path] = None,
     seed: int = 0,
     cost_lambda: float = 100.0,
     max_tokens: int = 512,
@@ -1127,8 +1128,8 @@ async def serve(
     stop: Optional[asyncio.Event] = None,
 ) -> None:
     """Serve ``policy`` (a trained router with its plan library, see
-    :func:`masr_graph.cli.load_policy`) over the pool ``specs`` until ``stop`` is set (default:
-    until SIGINT or SIGTERM).
+    :meth:`LibraryPolicy.from_checkpoint`) over the pool ``specs`` until ``stop`` is set
+    (default: until SIGINT or SIGTERM).
 
     Plans that need an LLM whose API key variable is unset are left out of the library (a
     warning names the LLMs). The pool does not fail fast (``fail_fast_after=None``): a server
@@ -1138,7 +1139,10 @@ async def serve(
     port). ``unknown_outcome_cost`` is the pool's policy for attempts of unknown outcome;
     ``max_body_bytes`` the largest request body (larger: 413); ``max_concurrent_runs``,
     ``max_queued`` and ``request_timeout_s`` the limits of :class:`MasService` (beyond them:
-    503, 504).
+    503, 504). With ``ledger_path`` every LLM call record (tokens, $, cache hits, failures) is
+    appended to that JSONL file as the call settles (:class:`~masr_graph.llm.LLMPool`'s
+    ``ledger_path``; an existing file is appended to, so restarts keep one ledger); default:
+    the ledger is kept in memory only.
 
     Raises:
         ConfigError: no callable LLM, no plan left over the callable ones, or bad settings.
@@ -1154,7 +1158,8 @@ async def serve(
     cache = ResponseCache(cache_path) if cache_path is not None else None
     budget = Budget(max_usd) if max_usd is not None else None
     pool = LLMPool(usable, cache=cache, budget=budget, run_id=f"masr-serve-{int(time.time())}",
-                   unknown_outcome_cost=unknown_outcome_cost, fail_fast_after=None)
+                   unknown_outcome_cost=unknown_outcome_cost, fail_fast_after=None,
+                   ledger_path=ledger_path)
     try:
         executor = MASExecutor(pool, keep_messages=False, max_tokens=max_tokens,
                                temperature=temperature)
@@ -1172,7 +1177,8 @@ async def serve(
             await site.start()
             bound_host, bound_port = runner.addresses[0][:2]
             ready(f"masr serve: listening on http://{bound_host}:{bound_port}/v1 (model "
-                  f"{MODEL_ID!r}, {len(policy.library)} plans over {len(usable)} LLMs, λ={cost_lambda:g}, auth {'on' if api_key else 'off'})")
+                  f"{MODEL_ID!r}, {len(policy.library)} plans over {len(usable)} LLMs, "
+                  f"λ={cost_lambda:g}, auth {'on' if api_key else 'off'})")
             if stop is None:
                 stop = asyncio.Event()
                 loop = asyncio.get_running_loop()
@@ -1188,4 +1194,5 @@ async def serve(
     totals = pool.ledger.totals()
     note = notional_note(usable)
     ready(f"masr serve: stopped after {totals.calls} LLM calls ({totals.cached_calls} cached), "
-          f"${totals.cost_usd:.4f} spent{f' ({note})' if note else ''}")
+          f"${totals.cost_usd:.4f} spent{f' ({note})' if note else ''}"
+          + (f"; every call is on record in {ledger_path}" if ledger_path is not None else ""))

@@ -24,10 +24,11 @@ def small_library(llms: Sequence[str], domain: str) -> list[Plan]:
 
 
 def library_checkpoint(path: Path, specs: Sequence[LLMSpec], domain: str = "math",
-                       gate: dict | None = None) -> Path:
+                       gate: dict | None = None, origin: dict | None = None) -> Path:
     """An untrained router (seed 0) over ``specs`` with :func:`small_library`, saved at
-    ``path``."""
+    ``path`` (with ``origin``, what it claims to be trained on, when given)."""
     torch.manual_seed(0)
     library = small_library([spec.name for spec in specs], domain)
     return save_checkpoint(path, MasRouter(DEFAULT_ROUTER_CONFIG),
-                           NodeVocab.from_registries(specs), library=library, gate=gate)
+                           NodeVocab.from_registries(specs), library=library, gate=gate,
+                           origin=origin)

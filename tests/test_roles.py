@@ -115,7 +115,8 @@ def test_roles_are_found_from_another_working_directory(tmp_path):
 
 def test_extra_dir_roles_are_added(tmp_path):
     write_role(tmp_path / "knowledge", "tides.yaml", temperature=0.3)
-    write_role(tmp_path, "riddles.yml", name="Riddle Solver", domain="math", postprocess="run_python")
+    write_role(tmp_path, "riddles.yml", name="Riddle Solver", domain="math",
+               postprocess="run_python")
     roles = load_roles([tmp_path])
     assert len(roles) == len(load_roles()) + 2
     tide = get_role("Tide Table Reader", extra_dirs=[str(tmp_path)])

@@ -61,7 +61,8 @@ def processes_with_marker(marker: str) -> list[int]:
 
 def exec_with_marker(body: str, marker: str) -> str:
     """Code that replaces itself by ``python -c body marker`` so its processes can be found."""
-    return f"import os, sys\nos.execv(sys.executable, [sys.executable, '-c', {body!r}, {marker!r}])\n"
+    return ("import os, sys\n"
+            f"os.execv(sys.executable, [sys.executable, '-c', {body!r}, {marker!r}])\n")
 
 
 # --- ordinary code --------------------------------------------------------------------------------
@@ -77,7 +78,8 @@ def test_runs_code_and_captures_both_streams():
 
 
 def test_stdin_is_fed_to_the_code():
-    result = run_python("import sys\nprint(sys.stdin.read().upper(), end='')", stdin="héllo\nworld\n")
+    result = run_python("import sys\nprint(sys.stdin.read().upper(), end='')",
+                        stdin="héllo\nworld\n")
     assert result.ok and result.stdout == "HÉLLO\nWORLD\n"
 
 
@@ -89,10 +91,12 @@ def test_files_land_in_a_private_writable_work_directory_that_is_cwd_and_home():
         "with open('out.txt', 'w') as f:\n"
         "    f.write('written')\n"
         "print(open(os.path.join(os.environ['HOME'], 'out.txt')).read())\n"
-        "print(os.getcwd() == os.environ['HOME'] == os.environ['TMPDIR'] == os.path.dirname(__file__))\n"
+        "print(os.getcwd() == os.environ['HOME'] == os.environ['TMPDIR']"
+        " == os.path.dirname(__file__))\n"
         "print(os.getcwd())\n"
     )
-    result = run_python(code, files={"helper.py": "def answer():\n    return 41\n", "data/in.txt": "hello"})
+    result = run_python(code, files={"helper.py": "def answer():\n    return 41\n",
+                                     "data/in.txt": "hello"})
     assert result.ok, result.failure
     lines = result.stdout.splitlines()
     assert lines[:4] == ["42", "hello", "written", "True"]
@@ -131,7 +135,8 @@ async def test_many_concurrent_runs_without_blocking_the_event_loop():
     ticking = asyncio.create_task(ticker())
     started = time.monotonic()
     results = await asyncio.gather(
-        *(arun_python("import sys\nprint(int(sys.stdin.read()) * 2)", stdin=str(i)) for i in range(24))
+        *(arun_python("import sys\nprint(int(sys.stdin.read()) * 2)", stdin=str(i))
+          for i in range(24))
     )
     elapsed = time.monotonic() - started
     done.set()
@@ -139,7 +144,8 @@ async def test_many_concurrent_runs_without_blocking_the_event_loop():
     assert [r.stdout for r in results] == [f"{2 * i}\n" for i in range(24)]
     assert all(r.ok for r in results)
     # Runs overlap: together they take far less than one after another would.
-    assert elapsed < sum(r.duration_s for r in results) / 3, (elapsed, [r.duration_s for r in results])
+    durations = [r.duration_s for r in results]
+    assert elapsed < sum(durations) / 3, (elapsed, durations)
     # A loop blocked by each run would only tick between runs, every gap as long as a run
     # (>= 0.2 s here). A free loop ticks every ~10 ms; a loaded machine stretches that, and
     # launching 24 runs at once holds it briefly at the start, but most gaps stay short.
@@ -178,7 +184,8 @@ def test_capabilities_are_consistent_and_name_the_cgroup_versions(caps):
     assert all(isinstance(value, bool) for key, value in caps.items() if key not in versions)
     for controller in ("pids", "memory"):
         version = caps[f"cgroup_{controller}_version"]
-        assert version in ("v1", "v2", "none") and caps[f"cgroup_{controller}"] == (version != "none")
+        assert version in ("v1", "v2", "none")
+        assert caps[f"cgroup_{controller}"] == (version != "none")
     assert caps["wall_timeout"] and caps["clean_environment"] and caps["process_group_kill"]
     if caps["cgroup_pids"] or caps["pid_namespace"]:
         assert caps["process_cap"]
@@ -342,12 +349,14 @@ def test_connecting_to_a_listening_local_socket_fails(caps):
     require(caps, "network_namespace")
     with socket.create_server(("127.0.0.1", 0)) as server:
         port = server.getsockname()[1]
-        result = run_python(f"import socket\nsocket.create_connection(('127.0.0.1', {port}), timeout=2)\n")
+        result = run_python("import socket\n"
+                            f"socket.create_connection(('127.0.0.1', {port}), timeout=2)\n")
         server.settimeout(0.2)
         with pytest.raises(socket.timeout):
             server.accept()
     assert not result.ok
-    assert result.failure.startswith("exited with code 1: OSError: [Errno 101] Network is unreachable")
+    assert result.failure.startswith(
+        "exited with code 1: OSError: [Errno 101] Network is unreachable")
 
 
 @pytest.mark.parametrize("main_outlives_daemon", [False, True])
@@ -380,7 +389,8 @@ def without_unshare(monkeypatch):
     """The real probe on this machine as if util-linux ``unshare`` were not installed."""
     real_which = probing.shutil.which
     monkeypatch.setattr(
-        probing.shutil, "which", lambda name, **kw: None if name == "unshare" else real_which(name, **kw)
+        probing.shutil, "which",
+        lambda name, **kw: None if name == "unshare" else real_which(name, **kw)
     )
     probing.probe_machine.cache_clear()
     probing.warn_about_missing_mechanisms.cache_clear()

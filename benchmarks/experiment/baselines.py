@@ -1,5 +1,6 @@
 """Baselines MasRouter is compared against. Each turns examples into plans, so every method runs
-through the same runtime, evaluators and accounting (:mod:`masr_graph.benchmarks.experiment.pipeline`):
+through the same runtime, evaluators and accounting
+(:mod:`masr_graph.benchmarks.experiment.pipeline`):
 
 - :class:`SingleLLM` — one agent on one LLM, IO or CoT (every LLM of the pool is one baseline);
 - :class:`RandomPlans` — mode, team size, roles and LLMs drawn uniformly (seeded);

@@ -202,7 +202,8 @@ class Pipeline:
                 traces, scores = await self.run(chunk_examples, [p for _, p in chunk], seed=seed)
             except BatchBudgetExceeded as stop:
                 finished = [(e, t) for e, t in zip(chunk_examples, stop.results) if t is not None]
-                scores = await self.score([e for e, _ in finished], [t.final_answer for _, t in finished])
+                scores = await self.score([e for e, _ in finished],
+                                          [t.final_answer for _, t in finished])
                 for (example, trace), score in zip(finished, scores):
                     done[example.id] = self._record(store, benchmark, method, example, trace,
                                                     score, keep_traces)

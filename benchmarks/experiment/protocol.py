@@ -65,7 +65,7 @@ from .baselines import RandomPlans, SingleLLM, generalist_role
 from .library import OutcomeStore, SingleOutcomes, build_library, execute, plan_key, single_plans
 from .pipeline import Pipeline
 from .routers import KNNRouter, LogisticRouter, MFRouter, MLPRouter
-from .wiring import evaluate_method, pool_specs
+from .wiring import ENDPOINTS, evaluate_method, pool_specs
 
 LAMBDAS: tuple[float, ...] = (0.0, 10.0, 100.0, 1000.0, 10000.0)
 """The sweep of λ (utility per $) from "cost is nothing" (0) to "cost dominates" (10,000: $0.0001
@@ -86,8 +86,6 @@ ROUTER_CONFIG = RouterConfig(max_agents=5)
 MAX_VOTE_POOL = 5
 
 
-ENDPOINTS = "endpoints"
-"""The ``world`` of a pair whose pool is a YAML file of real OpenAI-compatible endpoints."""
 
 
 @dataclass(frozen=True)
@@ -331,7 +329,8 @@ class PairRun:
         path = checkpoint or self.out / f"masrouter-seed{seed}.pt"
         if path.exists():
             loaded = load_checkpoint(path, encoder=self.encoder)
-            return LibraryPolicy(loaded.router, self.vocab, loaded.library, loaded.gate)
+            return LibraryPolicy(loaded.router, self.vocab, loaded.library, loaded.gate,
+                                 loaded.origin)
         train, validation = self._require_prepared()
         torch.manual_seed(seed)
         router = MasRouter(ROUTER_CONFIG, encoder=self.encoder)
@@ -342,7 +341,8 @@ class PairRun:
         evidence = gate_evidence(router, self.vocab, train, validation, self.settings.lambdas)
         gate = {self.domain: {lam: None if e["router"] >= e["fixed"] else int(e["fixed_plan"])
                               for lam, e in evidence.items()}}
-        save_checkpoint(path, router, self.vocab, library=self.library, gate=gate)
+        origin = self.origin(seed)
+        save_checkpoint(path, router, self.vocab, library=self.library, gate=gate, origin=origin)
         path.with_suffix(".curve.json").write_text(json.dumps({
             "best_step": trainer.best_step,
             "gate": {f"{lam:g}": None if index is None else plan_key(self.library[index])
@@ -354,7 +354,19 @@ class PairRun:
                         "train_objective": p.train_objective,
                         "validation_utility": p.validation_utility} for p in history],
         }, indent=1))
-        return LibraryPolicy(router, self.vocab, self.library, gate)
+        return LibraryPolicy(router, self.vocab, self.library, gate, origin)
+
+    def origin(self, seed: int) -> dict[str, Any]:
+        """What MasRouter of ``seed`` is trained on, stored in its checkpoint (see
+        :data:`masr_graph.router.checkpoint.ORIGIN_KEYS`) so that loaders rebuild its pool."""
+        recorded = self.pair.world != ENDPOINTS
+        return {
+            "world": self.pair.world, "pool": self.pair.pool, "benchmark": self.pair.task,
+            "rule": self.settings.rule if recorded else None,
+            "split_seed": self.settings.split_seed, "seed": seed,
+            "train_size": len(self.data.train), "validation_size": len(self.data.validation),
+            "lambdas": list(self.settings.lambdas), "pair": self.pair.name,
+        }
 
     # ---- cells -----------------------------------------------------------------------------
     def cells(self) -> list[Cell]:

@@ -1,7 +1,9 @@
 """The wiring every experiment entry point shares (``benchmarks/run_all.py``, ``masr train``,
-``masr eval``, ``masr serve``): which LLM pool to use, which examples to train and test on, the
-runtime (response cache, budget, pool, executor, scoring pipeline), how a router is trained with
-checkpoints and how a method is evaluated into the resumable result store.
+``masr eval``, ``masr serve``, :class:`masr_graph.MAS`): which LLM pool to use
+(:func:`checkpoint_pool`: the one a trained router's checkpoint names), which examples to train
+and test on, the runtime (response cache, budget, pool, executor, scoring pipeline), how a
+router is trained with checkpoints and how a method is evaluated into the resumable result
+store.
 
 Typical use (the protocol, :mod:`.protocol`, does this for every pair and method)::
 
@@ -21,6 +23,7 @@ from typing import Any, AsyncIterator, Mapping, Optional, Sequence
 import torch
 from tqdm.auto import tqdm
 
+from masr_graph.errors import ConfigError
 from masr_graph.llm import (
     DEFAULT_FAIL_FAST_AFTER,
     Budget,
@@ -52,6 +55,12 @@ from .pipeline import Pipeline, ScoreCache
 
 DEFAULT_ROUTER_CONFIG = RouterConfig(max_agents=5)
 """Router size of new training runs (at most 5 agents per plan: the largest library votes)."""
+
+ENDPOINTS = "endpoints"
+"""The ``world`` of a pair whose pool is a YAML file of real OpenAI-compatible endpoints."""
+
+DOMAIN_BENCHMARKS = {"math": "gsm8k", "code": "humaneval", "knowledge": "mmlu"}
+"""The benchmark whose recorded pool serves a domain when a checkpoint does not say which."""
 
 
 def is_pool_file(pool: Optional[PathLike]) -> bool:
@@ -95,6 +104,79 @@ def pool_specs(
     return specs, backend_info(specs)
 
 
+def checkpoint_pool(
+    origin: Optional[Mapping[str, Any]],
+    library: Sequence[Plan],
+    *,
+    pool: Optional[PathLike] = None,
+    world: Optional[str] = None,
+    task: Optional[str] = None,
+    rule: Optional[str] = None,
+    data_dir: Optional[PathLike] = None,
+    source: str = "the checkpoint",
+) -> tuple[list[LLMSpec], dict[str, Any]]:
+    """The pool a trained router serves (:func:`pool_specs`): the one its checkpoint's
+    ``origin`` names (world, pool, benchmark, rule), each part overridable.
+
+    Args:
+        origin: the checkpoint's origin (see :data:`masr_graph.router.checkpoint.ORIGIN_KEYS`),
+            ``None`` for a checkpoint that records none (then ``world`` or ``pool`` is needed).
+        library: the router's plans (their domain names the benchmark when nothing else does).
+        pool: a pool YAML file of real endpoints, or a recorded pool of ``world`` (default: the
+            origin's when ``world`` is the origin's, else every LLM recorded on the task).
+        world: a recorded world (default: the origin's, then ``"zeroeval"``).
+        task: the benchmark whose recorded pool to use (default: the origin's, else the one of
+            the library's domain, :data:`DOMAIN_BENCHMARKS`).
+        rule: replay collaboration rule (default: the origin's, else :data:`DEFAULT_RULE`).
+        data_dir: data directory.
+        source: how messages name the checkpoint.
+
+    Raises:
+        ConfigError: no origin and neither ``world`` nor ``pool``; a router trained on real
+            endpoints without ``pool``; or what :func:`pool_specs` raises.
+    """
+    origin = dict(origin or {})
+    if is_pool_file(pool):
+        return pool_specs(pool)
+    trained = origin.get("world")
+    if trained is None and world is None and pool is None:
+        raise ConfigError(f"{source} does not record what it was trained on (no origin); name "
+                          "its pool: a recorded world and pool (world=/pool=, --world/--pool) "
+                          "or a pool YAML file of real endpoints")
+    world = world or trained or "zeroeval"
+    if world == ENDPOINTS:
+        raise ConfigError(f"{source} was trained on the real endpoints of the pool file "
+                          f"{origin.get('pool')!r}; pass that pool file (pool=FILE.yaml, "
+                          "--pool FILE.yaml)")
+    same = world == trained
+    if pool is None and same:
+        pool = origin.get("pool")
+    task = task or origin.get("benchmark")
+    if task is None and library:
+        task = DOMAIN_BENCHMARKS.get(library[0].task or "", library[0].task)
+    rule = rule or (origin.get("rule") if same else None) or DEFAULT_RULE
+    return pool_specs(pool, world=world, task=task, data_dir=data_dir, rule=rule)
+
+
+def pool_spending(pool: LLMPool, budget: Optional[Budget] = None) -> dict[str, Any]:
+    """What ``pool`` spent so far, for results files and messages (see
+    :meth:`Runtime.spending`)."""
+    totals = pool.ledger.totals()
+    return {
+        "spent_usd": budget.spent_usd if budget is not None else totals.cost_usd,
+        "ledger_usd": totals.cost_usd,
+        "estimated_usd": totals.estimated_usd,
+        "estimated_attempts": totals.estimated_attempts,
+        "unknown_outcome_cost": pool.unknown_outcome_cost,
+        "cap_usd": budget.max_usd if budget is not None else None,
+        "would_have_cost_usd": totals.would_have_cost_usd,
+        "calls": totals.calls,
+        "cached_calls": totals.cached_calls,
+        "failed_calls": totals.failed_calls,
+        "notional": notional_note(pool.specs.values()),
+    }
+
+
 @dataclass
 class Runtime:
     """What runs plans during an experiment: the pool (with its ledger), the executor, the
@@ -110,20 +192,7 @@ class Runtime:
         the budget counted (the ledger's total when there is no cap; the two are equal, see
         :mod:`masr_graph.llm.budget`), with the part estimated for attempts of unknown outcome,
         the cap, call counts and ``notional`` (why the figures are not money, or ``""``)."""
-        totals = self.pool.ledger.totals()
-        return {
-            "spent_usd": self.budget.spent_usd if self.budget is not None else totals.cost_usd,
-            "ledger_usd": totals.cost_usd,
-            "estimated_usd": totals.estimated_usd,
-            "estimated_attempts": totals.estimated_attempts,
-            "unknown_outcome_cost": self.pool.unknown_outcome_cost,
-            "cap_usd": self.budget.max_usd if self.budget is not None else None,
-            "would_have_cost_usd": totals.would_have_cost_usd,
-            "calls": totals.calls,
-            "cached_calls": totals.cached_calls,
-            "failed_calls": totals.failed_calls,
-            "notional": notional_note(self.pool.specs.values()),
-        }
+        return pool_spending(self.pool, self.budget)
 
 
 def spending_text(spending: dict[str, Any]) -> str:

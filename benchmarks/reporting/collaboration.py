@@ -96,7 +96,8 @@ def report(world: str, pool: Optional[str], task: str) -> str:
                      f"{s['majority round 0']:.3f} | {s['majority round 1']:.3f} | "
                      f"{s['debate final']:.3f} | {s['vote']:.3f} |")
     lines += ["", "Recorded debates (the calibration sources):", "",
-              "| source | agents r0 | agents r1 | majority r0 | majority r1 |", "|---|---:|---:|---:|---:|"]
+              "| source | agents r0 | agents r1 | majority r0 | majority r1 |",
+              "|---|---:|---:|---:|---:|"]
     for source in load_sources().values():
         lines.append(f"| {source.name} | {source.agent_accuracy(0):.3f} | "
                      f"{source.agent_accuracy(1):.3f} | {source.majority_accuracy(0):.3f} | "

@@ -124,7 +124,8 @@ def pair_report(run: PairRun, cells: Sequence[Cell]) -> PairReport:
     _comparisons(report)
     middle = report.middle_lambda
     for (method, cell_lambda), runs in finished.items():
-        if cell_lambda in (None, middle) and groups[method] not in ("single LLM", "fixed mode", "fixed vote"):
+        if cell_lambda in (None, middle) and groups[method] not in (
+                "single LLM", "fixed mode", "fixed vote"):
             report.distributions[method] = plan_distribution(
                 [{"mode": r.mode, "k": len(r.llms), "roles": r.roles, "llms": r.llms}
                  for r in runs[0]])
@@ -362,7 +363,8 @@ def report_markdown(reports: Sequence[PairReport], checks: Sequence[TargetCheck]
     return "\n".join(lines) + "\n"
 
 
-def write_report(reports: Sequence[PairReport], meta: dict[str, Any], out: Path) -> list[TargetCheck]:
+def write_report(reports: Sequence[PairReport], meta: dict[str, Any],
+                 out: Path) -> list[TargetCheck]:
     """Write ``results.md``, ``results.json``, ``fronts.png`` and ``plans.png`` to ``out``."""
     checks = target_checks(reports)
     markdown = out / "results.md.tmp"
@@ -378,7 +380,8 @@ def write_report(reports: Sequence[PairReport], meta: dict[str, Any], out: Path)
         methods = defaultdict(list)
         groups = {}
         for s in sorted(r.scores, key=lambda s: s.cost_lambda):
-            if s.group in ("single LLM", "fixed mode", "fixed vote", "oracle") or s.usd_per_query <= 0:
+            if (s.group in ("single LLM", "fixed mode", "fixed vote", "oracle")
+                    or s.usd_per_query <= 0):
                 continue
             if s.lambda_independent and s.cost_lambda != r.lambdas[0]:
                 continue  # one point, not one per λ

@@ -1,10 +1,8 @@
-"""Result files of a benchmark run.
+"""The per-query result store of a run.
 
-Per-query records go to append-only JSONL files (one line per query, flushed and fsynced), so a crash
-loses at most the line being written and a rerun resumes where the last one stopped. From them come
-the summaries (accuracy with a bootstrap 95 % CI, $ per query, totals), ``results.json``,
-``results.md`` and the paper-style figures (``pareto.png`` like Fig. 3, ``llm_distribution.png``
-like Fig. 4).
+Per-query records go to append-only JSONL files (one line per query, flushed and fsynced), so a
+crash loses at most the line being written and a rerun resumes where the last one stopped. The
+protocol's tables and plots are built from them (:mod:`.protocol`, :mod:`.fronts`).
 """
 from __future__ import annotations
 

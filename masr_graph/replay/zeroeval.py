@@ -339,7 +339,8 @@ def reply_verdicts(table: ReplyTable, task: str) -> Mapping[tuple[str, str], Ver
 @functools.lru_cache(maxsize=4)
 def _reply_verdicts(table: ReplyTable, task: str) -> Mapping[tuple[str, str], Verdict]:
     digest = hashlib.sha256(
-        (repr(sorted(table.data_checksums.items())) + task + ":" + scorer_fingerprint(task)).encode()
+        (repr(sorted(table.data_checksums.items())) + task + ":"
+         + scorer_fingerprint(task)).encode()
     ).hexdigest()[:16]
     cached = cache_dir() / f"zeroeval-verdicts-v{_CACHE_VERSION}-{task}-{digest}.pickle"
     if cached.is_file():

@@ -6,13 +6,20 @@ A checkpoint holds only tensors and plain Python data, so it is read with
 ``torch.load(weights_only=True)``: loading a file never runs code from it. The vocabulary stored
 is the one the router was trained on, for reference and as a default; the router itself has no
 vocabulary-shaped parameter and routes over any other vocabulary passed to it.
+
+A checkpoint may also record its *origin*: what it was trained on (:data:`ORIGIN_KEYS`: the
+recorded world or ``"endpoints"``, the pool, the benchmark, the replay collaboration rule, the
+split seed, the training seed and the training-set size), written by the protocol
+(``benchmarks/run_all.py``, ``masr train``), so a loader can rebuild the pool it was trained for
+(:class:`masr_graph.MAS`, ``masr serve``). Weights may be stored in float16 (shipped checkpoints,
+:mod:`masr_graph.checkpoints`, half the size); they are upcast to the router's float32 on load.
 """
 from __future__ import annotations
 
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Optional, Sequence, Union
+from typing import Any, Collection, Optional, Sequence, Union
 
 import torch
 
@@ -23,7 +30,15 @@ from .encoder import TextEncoder
 from .vocab import NodeVocab
 
 FORMAT_VERSION = 2
-"""Version 2 added the plan library; version-1 files (no library) are still read."""
+"""Version 2 added the plan library; version-1 files (no library) are still read. The optional
+``origin`` entry and float16 weights need no new version: older readers ignore the one and cast
+the other on ``load_state_dict``."""
+
+ORIGIN_KEYS = ("world", "pool", "benchmark", "rule", "split_seed", "seed", "train_size")
+"""What a checkpoint's ``origin`` records (an origin may hold more, e.g. ``validation_size``,
+``lambdas``, ``pair``): ``world`` is a recorded world (``"zeroeval"``, ``"llmrouter"``) or
+``"endpoints"`` (then ``pool`` is the pool file's path as given, ``rule`` is ``None``); ``pool``
+is the recorded pool's name or comma-separated LLM list; ``benchmark`` the task trained on."""
 
 
 @dataclass
@@ -39,6 +54,10 @@ class Checkpoint:
             decodes stage by stage).
         gate: the validation gate of :class:`~masr_graph.router.library.LibraryPolicy`
             (``{task: {λ: None or library plan index}}``).
+        origin: what the router was trained on (:data:`ORIGIN_KEYS`), or ``None`` for a
+            checkpoint written without it (older files, routers trained outside the protocol).
+        weights_dtype: the dtype the weights were stored in (``"float32"``, or ``"float16"`` for
+            a shipped copy); the loaded router is float32 either way.
     """
 
     router: MasRouter
@@ -46,6 +65,8 @@ class Checkpoint:
     trainer_state: Optional[dict[str, Any]]
     library: tuple[Plan, ...] = ()
     gate: Optional[dict[str, dict[float, Optional[int]]]] = None
+    origin: Optional[dict[str, Any]] = None
+    weights_dtype: str = "float32"
 
 
 def save_checkpoint(
@@ -56,23 +77,40 @@ def save_checkpoint(
     trainer_state: Optional[dict[str, Any]] = None,
     library: Sequence[Plan] = (),
     gate: Optional[dict[str, dict[float, Optional[int]]]] = None,
+    origin: Optional[dict[str, Any]] = None,
+    weights_dtype: Optional[torch.dtype] = None,
+    full_precision: Collection[str] = (),
 ) -> Path:
     """Write a checkpoint atomically (a crash never leaves a half-written file).
+
+    Args:
+        origin: what the router was trained on (:data:`ORIGIN_KEYS`; plain data only).
+        weights_dtype: store the floating-point weights in this dtype (``torch.float16`` halves
+            the file); ``None`` keeps the router's own.
+        full_precision: names (``state_dict`` keys) of weights kept in the router's own dtype
+            when ``weights_dtype`` is given.
 
     Returns:
         The path written.
     """
     target = Path(path).expanduser()
     target.parent.mkdir(parents=True, exist_ok=True)
+    state = router.state_dict()
+    if weights_dtype is not None:
+        state = {name: value.to(weights_dtype)
+                 if value.is_floating_point() and name not in full_precision else value
+                 for name, value in state.items()}
     payload = {
         "format": FORMAT_VERSION,
         "router_config": router.config.to_dict(),
-        "state_dict": router.state_dict(),
+        "state_dict": state,
         "vocab": vocab.to_dict(),
         "trainer": trainer_state,
         "library": [plan.to_dict() for plan in library],
         "gate": gate,
     }
+    if origin is not None:
+        payload["origin"] = dict(origin)
     tmp = target.with_name(target.name + ".tmp")
     torch.save(payload, tmp)
     os.replace(tmp, target)
@@ -107,15 +145,26 @@ def load_checkpoint(
             f"{FORMAT_VERSION}"
         )
     router = MasRouter(RouterConfig.from_dict(payload["router_config"]), encoder=encoder)
+    own = router.state_dict()
+    stored = payload["state_dict"]
+    dtypes = sorted({str(v.dtype).removeprefix("torch.") for v in stored.values()
+                     if v.is_floating_point()})
+    # Weights stored in another precision (float16 in shipped copies) take the router's own.
+    state = {name: value.to(own[name].dtype)
+             if name in own and value.is_floating_point() and value.dtype != own[name].dtype
+             else value for name, value in stored.items()}
     try:
-        router.load_state_dict(payload["state_dict"])
+        router.load_state_dict(state)
     except RuntimeError as exc:
         raise ConfigError(f"checkpoint {source}: weights do not fit its config: {exc}") from exc
     router.eval()
+    origin = payload.get("origin")
     return Checkpoint(
         router=router,
         vocab=NodeVocab.from_dict(payload["vocab"]),
         trainer_state=payload["trainer"],
         library=tuple(Plan.from_dict(plan) for plan in payload.get("library", ())),
         gate=payload.get("gate"),
+        origin=dict(origin) if isinstance(origin, dict) else None,
+        weights_dtype=",".join(dtypes) or "float32",
     )

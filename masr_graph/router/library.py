@@ -25,14 +25,17 @@ from __future__ import annotations
 import copy
 import math
 from dataclasses import asdict, dataclass, field
-from typing import Callable, Optional, Sequence
+from pathlib import Path
+from typing import Callable, Optional, Sequence, Union
 
 import torch
 import torch.nn.functional as F
 
 from ..errors import ConfigError
 from ..plan import Plan
+from .checkpoint import load_checkpoint
 from .controller import MasRouter
+from .encoder import TextEncoder
 from .vocab import NodeVocab
 
 
@@ -313,11 +316,15 @@ class LibraryPolicy:
         vocab: the vocabulary to route over.
         library: the candidate plans.
         gate: ``{task: {λ: None or index of a library plan}}``; empty: always route.
+        origin: what the router was trained on (see
+            :data:`masr_graph.router.checkpoint.ORIGIN_KEYS`), ``None`` when unknown.
     """
 
     def __init__(self, router: MasRouter, vocab: NodeVocab, library: Sequence[Plan],
-                 gate: Optional[dict[str, dict[float, Optional[int]]]] = None):
+                 gate: Optional[dict[str, dict[float, Optional[int]]]] = None,
+                 origin: Optional[dict] = None):
         self.router, self.vocab = router, vocab
+        self.origin = dict(origin) if origin is not None else None
         self.library = tuple(library)
         self.gate = {task: dict(by_lambda) for task, by_lambda in (gate or {}).items()}
         for task, by_lambda in self.gate.items():
@@ -327,6 +334,25 @@ class LibraryPolicy:
                     raise ConfigError(f"gate of {task} at λ={lam:g} names plan {index}, which "
                                       f"is not a {task} plan of the {len(self.library)}-plan "
                                       "library")
+
+    @classmethod
+    def from_checkpoint(cls, path: Union[str, Path], *, encoder: Optional[TextEncoder] = None
+                        ) -> "LibraryPolicy":
+        """The policy a checkpoint holds: its router, its own vocabulary, library, gate and
+        origin (what ``masr route``, ``masr serve`` and :class:`masr_graph.MAS` route with).
+
+        Args:
+            path: a checkpoint written by ``masr train`` or ``benchmarks/run_all.py``.
+            encoder: the router's text encoder (a new MiniLM encoder when ``None``).
+
+        Raises:
+            ConfigError: a missing or unreadable checkpoint, or one without a plan library.
+        """
+        loaded = load_checkpoint(path, encoder=encoder or TextEncoder())
+        if not loaded.library:
+            raise ConfigError(f"checkpoint {path} holds no plan library; train it with "
+                              "`masr train` (or benchmarks/run_all.py)")
+        return cls(loaded.router, loaded.vocab, loaded.library, loaded.gate, loaded.origin)
 
     def fixed_plan(self, task: Optional[str], cost_lambda: float) -> Optional[Plan]:
         """The gate's fixed plan for ``task`` at ``cost_lambda`` (``None``: keep the router's)."""
@@ -353,7 +379,8 @@ class LibraryPolicy:
         gate = {task: {lam: new_index.get(index) if index is not None else None
                        for lam, index in by_lambda.items()}
                 for task, by_lambda in self.gate.items()}
-        return LibraryPolicy(self.router, self.vocab, [self.library[i] for i in kept], gate)
+        return LibraryPolicy(self.router, self.vocab, [self.library[i] for i in kept], gate,
+                             self.origin)
 
     def route(self, queries: Sequence[str], cost_lambda: float) -> list[Plan]:
         """One plan per query at ``cost_lambda``."""

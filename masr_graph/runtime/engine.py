@@ -676,7 +676,8 @@ class MASExecutor:
         vote)."""
         trace, decision = state.trace, state.trace.decision
         assert decision is not None
-        vote = majority_vote([s.output or "" for s in candidates], answer_key) if candidates else None
+        vote = (majority_vote([s.output or "" for s in candidates], answer_key)
+                if candidates else None)
         if vote is not None:
             decision.keys = [None if key is None else repr(key) for key in vote.keys]
         agreed = (vote is not None and len(candidates) == len(finals)

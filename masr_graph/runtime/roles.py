@@ -157,7 +157,8 @@ def _role_from_file(entry: Union[Traversable, Path], folder: Optional[str]) -> R
             f"required: {', '.join(sorted(_REQUIRED_FIELDS))}"
         )
     # YAML block scalars carry a trailing newline; the text itself is what matters.
-    values = {key: value.strip() if isinstance(value, str) else value for key, value in data.items()}
+    values = {key: value.strip() if isinstance(value, str) else value
+              for key, value in data.items()}
     try:
         role = Role(**values)
     except RoleError as exc:
