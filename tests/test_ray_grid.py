@@ -38,6 +38,24 @@ TINY = ["--quick", "--max-train", "4", "--max-validation", "2", "--max-test", "3
         "--router-steps", "2", "--lambdas", "0", "100", "--team-llms", "3"]
 
 
+@pytest.fixture(scope="module", autouse=True)
+def builtin_registries():
+    """The grid's Ray workers are fresh processes: they know the built-in topologies and roles
+    only. Other test modules register more in this process (some at import), which the serial
+    grid would put into its library and router vocabulary; hide them for this module, so both
+    grids see the same modes and roles (as two runs of ``run_all.py`` would)."""
+    from masr_graph.runtime import roles, topology
+
+    topology.topology_names()  # discover the built-ins before taking the snapshot
+    saved_topologies, saved_roles = dict(topology._registry), dict(roles._registered)
+    for name in [n for n in topology._registry if topology._order[n][0] != 0]:
+        del topology._registry[name]
+    roles._registered.clear()
+    yield
+    topology._registry.update(saved_topologies)
+    roles._registered.update(saved_roles)
+
+
 @pytest.fixture(scope="module")
 def local_ray():
     """A local Ray instance of two worker CPUs for the module (the grid joins it)."""
@@ -78,10 +96,26 @@ def billed_usd(srv: LoopbackServer) -> float:
     return total
 
 
+def first_difference(ray: Any, serial: Any, path: str = "") -> str:
+    """Where two JSON values first differ, as ``path: ray value != serial value``."""
+    if isinstance(ray, dict) and isinstance(serial, dict):
+        for key in sorted(set(ray) | set(serial), key=str):
+            if ray.get(key) != serial.get(key):
+                return first_difference(ray.get(key), serial.get(key), f"{path}/{key}")
+    if isinstance(ray, list) and isinstance(serial, list) and len(ray) == len(serial):
+        for index, (a, b) in enumerate(zip(ray, serial)):
+            if a != b:
+                return first_difference(a, b, f"{path}[{index}]")
+    return f"{path}: ray {ray!r} != serial {serial!r}"
+
+
 def pool_file(path: Path, base_url: str) -> Path:
     path.write_text(yaml.safe_dump({"llms": [
         dict(name=name, model=name, base_url=base_url, price_in=PRICE, price_out=PRICE,
-             description=f"loopback model {name}", timeout_s=5.0, max_concurrency=1)
+             # A generous timeout: on a loaded 2-core machine a starved request must not time
+             # out (an attempt of unknown outcome is charged its worst case, so the Ray grid's
+             # costs would differ from the serial grid's for a reason the test is not about).
+             description=f"loopback model {name}", timeout_s=60.0, max_concurrency=1)
         for name in ("alpha", "beta")]}))
     return path
 
@@ -176,7 +210,8 @@ async def test_a_killed_worker_reruns_its_cell_the_grid_matches_serial_and_pays_
     assert rerun.status == "done" and not rerun.worker.endswith(f":{killed['pid']}")
     # The same tables as without Ray, same seeds.
     pairs = json.loads((out / "results.json").read_text())["pairs"]
-    assert pairs == json.loads((serial_out / "results.json").read_text())["pairs"]
+    serial_pairs = json.loads((serial_out / "results.json").read_text())["pairs"]
+    assert pairs == serial_pairs, first_difference(pairs, serial_pairs)
     assert "- **status**: complete" in (out / "results.md").read_text()
     # No paid call twice: every answered request is distinct, and they are the serial grid's.
     assert len(ray_paid) == len(set(ray_paid))

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import random
 from dataclasses import dataclass
-from typing import Mapping, Protocol, Sequence
+from typing import Mapping, Optional, Protocol, Sequence
 
 
 from masr_graph.errors import ConfigError
@@ -67,17 +67,23 @@ class SingleLLM:
 
 @dataclass
 class RandomPlans:
+    """Uniform draws over ``modes`` (default: every registered topology). Pass the modes
+    explicitly where the draws must be the same in every process: the registry of a process
+    holds whatever topologies its code registered, which other processes need not share."""
+
     llms: Sequence[str]
     max_agents: int = 4
     seed: int = 0
+    modes: Optional[Sequence[str]] = None
     name: str = "random plans"
     group: str = "baseline"
 
     def plans(self, examples: Sequence[Example]) -> list[Plan]:
         rng = random.Random(self.seed)
+        modes = list(self.modes) if self.modes else topology_names()
         plans = []
         for example in examples:
-            mode = rng.choice(topology_names())
+            mode = rng.choice(modes)
             topology = get_topology(mode)
             high = self.max_agents if topology.max_agents is None else min(
                 self.max_agents, topology.max_agents)

@@ -416,8 +416,10 @@ class PairRun:
             choice = router.choose(self._embed(test), cell.cost_lambda)
             return [SingleLLM(self.llms[int(i)]).plans([e])[0] for i, e in zip(choice, test)]
         if cell.method == RANDOM:
+            # The library's modes, in its (stored) order: the same draws in every process.
+            modes = list(dict.fromkeys(plan.mode for plan in self.library))
             return RandomPlans(self.llms, max_agents=ROUTER_CONFIG.max_agents,
-                               seed=cell.seed or 0).plans(test)
+                               seed=cell.seed or 0, modes=modes).plans(test)
         for llm in self.llms:
             for mode in ("IO", "CoT"):
                 if cell.method == SingleLLM(llm, mode).name:

@@ -21,6 +21,7 @@ from matplotlib import colormaps
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
+from matplotlib.ticker import LogLocator, NullFormatter
 
 from masr_graph.errors import ConfigError
 
@@ -86,6 +87,13 @@ def plot_fronts(panels: Sequence[Mapping[str, Any]], path: FilePath, *,
         for method in panel_methods:
             _draw_method(ax, method, colours[method["name"]], markers[method["group"]])
         ax.set_xscale("log")
+        # Matplotlib labels the minor ticks of a short log axis, and their long "3 × 10⁻⁵"
+        # labels run into each other: label majors only, at 1, 2 and 5 × 10ᵏ when the panel
+        # spans under two decades (so it always has labels), else at the decades.
+        low, high = ax.get_xlim()
+        if math.log10(high / low) < 2:
+            ax.xaxis.set_major_locator(LogLocator(base=10, subs=(1.0, 2.0, 5.0)))
+        ax.xaxis.set_minor_formatter(NullFormatter())
         ax.set_title(title, fontsize=10)
         ax.set_xlabel(cost_label, fontsize=8)
         ax.set_ylabel("accuracy", fontsize=8)
