@@ -186,21 +186,14 @@ class MAS:
         request_timeout_s: Optional[float] = None,
         checkpoint: Optional[Path] = None,
     ):
-        from .serve import callable_specs
+        from .serve import callable_policy
 
         self.cost_lambda = _cost_lambda(cost_lambda)
         if isinstance(seed, bool) or not isinstance(seed, int):
             raise ConfigError(f"seed must be an integer (got {seed!r})")
         if max_usd is not None and not (math.isfinite(max_usd) and max_usd >= 0):
             raise ConfigError(f"max_usd must be a finite number >= 0 or None (got {max_usd!r})")
-        usable, keyless = callable_specs(list(specs))
-        if keyless:
-            log.warning("not routing to %s: their API key variables (%s) are not set",
-                        [s.name for s in keyless], sorted({s.api_key_env or "" for s in keyless}))
-        if not usable:
-            raise ConfigError(f"no LLM of the pool can be called: set the API key variables "
-                              f"{sorted({s.api_key_env or '' for s in keyless})}")
-        self.policy = policy.restricted_to([s.name for s in usable])
+        self.policy, usable = callable_policy(policy, specs)
         """The policy routed with (restricted to the callable LLMs)."""
         dropped = len(policy.library) - len(self.policy.library)
         if dropped:

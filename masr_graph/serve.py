@@ -1105,6 +1105,24 @@ def callable_specs(specs: Sequence[LLMSpec], environ: Optional[dict[str, str]] =
     return [s for s in specs if s not in keyless], keyless
 
 
+def callable_policy(policy: LibraryPolicy, specs: Sequence[LLMSpec]
+                    ) -> tuple[LibraryPolicy, list[LLMSpec]]:
+    """The policy restricted to the pool's callable LLMs (:func:`callable_specs`), and those
+    LLMs; warns about the LLMs left out.
+
+    Raises:
+        ConfigError: no LLM of the pool can be called.
+    """
+    usable, keyless = callable_specs(list(specs))
+    if keyless:
+        log.warning("not routing to %s: their API key variables (%s) are not set",
+                    [s.name for s in keyless], sorted({s.api_key_env or "" for s in keyless}))
+    if not usable:
+        raise ConfigError(f"no LLM of the pool can be called: set the API key variables "
+                          f"{sorted({s.api_key_env or '' for s in keyless})}")
+    return policy.restricted_to([s.name for s in usable]), usable
+
+
 async def serve(
     policy: LibraryPolicy,
     specs: Sequence[LLMSpec],
@@ -1147,14 +1165,7 @@ async def serve(
     Raises:
         ConfigError: no callable LLM, no plan left over the callable ones, or bad settings.
     """
-    usable, keyless = callable_specs(specs)
-    if keyless:
-        log.warning("not routing to %s: their API key variables (%s) are not set",
-                    [s.name for s in keyless], sorted({s.api_key_env or "" for s in keyless}))
-    if not usable:
-        raise ConfigError(f"no LLM of the pool can be called: set the API key variables "
-                          f"{sorted({s.api_key_env or '' for s in keyless})}")
-    policy = policy.restricted_to([s.name for s in usable])
+    policy, usable = callable_policy(policy, specs)
     cache = ResponseCache(cache_path) if cache_path is not None else None
     budget = Budget(max_usd) if max_usd is not None else None
     pool = LLMPool(usable, cache=cache, budget=budget, run_id=f"masr-serve-{int(time.time())}",

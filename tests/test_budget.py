@@ -9,6 +9,7 @@ from typing import Any
 import pytest
 
 from loopback_server import LoopbackServer, count_tokens
+from pool_support import user
 from masr_graph.errors import BudgetExceeded, LLMCallError
 from masr_graph.llm import (
     Budget,
@@ -36,10 +37,6 @@ def spec_for(srv: LoopbackServer, **overrides: Any) -> LLMSpec:
     )
     fields.update(overrides)
     return LLMSpec(**fields)
-
-
-def user(text: str) -> list[dict[str, str]]:
-    return [{"role": "user", "content": text}]
 
 
 # ------------------------------------------------------------------------------ Budget itself

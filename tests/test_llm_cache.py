@@ -15,6 +15,7 @@ from typing import Any
 import pytest
 
 from loopback_server import LoopbackServer
+from pool_support import user
 from masr_graph.errors import LLMCallError
 from masr_graph.llm import CachedResponse, CallContext, LLMPool, LLMSpec, ResponseCache, cache_key
 
@@ -30,10 +31,6 @@ def spec_for(srv: LoopbackServer, **overrides: Any) -> LLMSpec:
     )
     fields.update(overrides)
     return LLMSpec(**fields)
-
-
-def user(text: str) -> list[dict[str, str]]:
-    return [{"role": "user", "content": text}]
 
 
 BASE_KEY: dict[str, Any] = dict(

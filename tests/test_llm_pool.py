@@ -9,11 +9,12 @@ import logging
 import os
 import re
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import pytest
 
 from loopback_server import LoopbackServer
+from pool_support import fast_pool, user
 from masr_graph.errors import ConfigError, LLMCallError, UnknownLLMError
 from masr_graph.llm import (
     CallContext,
@@ -44,16 +45,6 @@ def spec_for(srv: LoopbackServer, name: str = "m", **overrides: Any) -> LLMSpec:
     )
     fields.update(overrides)
     return LLMSpec(**fields)
-
-
-def fast_pool(specs: Sequence[LLMSpec], **kwargs: Any) -> LLMPool:
-    kwargs.setdefault("backoff_base_s", 0.001)
-    kwargs.setdefault("backoff_max_s", 1.0)
-    return LLMPool(specs, **kwargs)
-
-
-def user(text: str) -> list[dict[str, str]]:
-    return [{"role": "user", "content": text}]
 
 
 def server_cost(prompt_words: int, reply_words: int, messages: int = 1) -> float:

@@ -14,6 +14,7 @@ import pytest
 import yaml
 
 from loopback_server import LoopbackServer
+from pool_support import user
 from masr_graph.benchmarks import run_all
 from masr_graph.errors import BudgetExceeded, LLMCallError
 from masr_graph.llm import (
@@ -35,10 +36,6 @@ def spec_for(srv: LoopbackServer, **overrides: Any) -> LLMSpec:
                                   price_out=PRICE, description="loopback model", timeout_s=0.3)
     fields.update(overrides)
     return LLMSpec(**fields)
-
-
-def user(text: str) -> list[dict[str, str]]:
-    return [{"role": "user", "content": text}]
 
 
 async def _many_calls(pool: LLMPool, n: int) -> list[Any]:

@@ -15,6 +15,7 @@ from typing import Any
 
 import pytest
 from loopback_server import LoopbackServer
+from pool_support import user
 
 from masr_graph.errors import BudgetExceeded, CircuitOpenError, LLMCallError
 from masr_graph.llm import Budget, CallContext, Ledger, LLMPool, LLMSpec, ResponseCache
@@ -25,10 +26,6 @@ def spec_for(srv: LoopbackServer, **overrides: Any) -> LLMSpec:
                                   price_in=3.0, price_out=15.0, description="loopback model")
     fields.update(overrides)
     return LLMSpec(**fields)
-
-
-def user(text: str) -> list[dict[str, str]]:
-    return [{"role": "user", "content": text}]
 
 
 def on_disk(path: Path) -> list[Any]:

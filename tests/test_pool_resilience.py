@@ -12,6 +12,7 @@ from typing import Any, Sequence
 
 import pytest
 from loopback_server import LoopbackServer, ReceivedRequest
+from pool_support import fast_pool, user
 
 from masr_graph.errors import CircuitOpenError, LLMCallError, LLMUnavailableError
 from masr_graph.llm import Budget, EndpointHealth, LLMPool, LLMSpec
@@ -27,16 +28,6 @@ def spec_for(srv: LoopbackServer, name: str = "m", **overrides: Any) -> LLMSpec:
                                   timeout_s=5.0)
     fields.update(overrides)
     return LLMSpec(**fields)
-
-
-def fast_pool(specs: Sequence[LLMSpec], **kwargs: Any) -> LLMPool:
-    kwargs.setdefault("backoff_base_s", 0.001)
-    kwargs.setdefault("backoff_max_s", 1.0)
-    return LLMPool(specs, **kwargs)
-
-
-def user(text: str) -> list[dict[str, str]]:
-    return [{"role": "user", "content": text}]
 
 
 def arrived_during(received: Sequence[ReceivedRequest], start: float, end: float
