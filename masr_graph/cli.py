@@ -153,7 +153,8 @@ def build_parser() -> argparse.ArgumentParser:
         description="Run the router's plans on the test split at each --lam, score them and "
                     "print utility and accuracy (bootstrap 95 % CIs) and cost. Per-query traces "
                     "go to OUT/traces; a rerun resumes.")
-    evaluate.add_argument("--checkpoint", type=Path, required=True, help="router checkpoint (.pt)")
+    evaluate.add_argument("--checkpoint", required=True,
+                          help="router checkpoint: a .pt file or the name of a shipped one")
     _add_pool_options(evaluate)
     _add_experiment_options(evaluate)
     evaluate.add_argument("--lam", nargs="+", type=non_negative_float, default=[100.0],
@@ -367,13 +368,16 @@ async def _train(args: argparse.Namespace) -> int:
 
 
 async def _eval(args: argparse.Namespace) -> int:
-    label = args.name or _checkpoint_label(args.checkpoint)  # before the slow imports: fail fast
+    from .checkpoints import resolve
+
+    path = resolve(args.checkpoint)
+    label = args.name or _checkpoint_label(path)  # before the slow imports: fail fast
     import numpy as np
 
     from .benchmarks.experiment import RoutedMethod, evaluate_method, open_runtime
     from .benchmarks.reporting.fronts import utility_with_ci
 
-    policy = load_policy(args.checkpoint)
+    policy = load_policy(path)
     run = _pair_run(args)
     test = run.data.test
     stopped: Optional[BudgetExceeded] = None

@@ -134,6 +134,18 @@ def test_budget_cap_stops_eval_with_status_3(tmp_path: Path) -> None:
     assert "Traceback" not in done.stderr
 
 
+def test_eval_takes_a_shipped_checkpoint_by_name(tmp_path: Path) -> None:
+    done = masr("eval", "--world", "zeroeval", "--pool", "paper5", "--benchmark", "gsm8k",
+                "--checkpoint", "zeroeval-paper5-gsm8k", "--max-test", "4", "--lam", "100",
+                "--out", str(tmp_path / "run"))
+    assert done.returncode == 0, done.stderr
+    assert re.search(r"MasRouter \[zeroeval-paper5-gsm8k@[0-9a-f]{8}\] on zeroeval-paper5-gsm8k, "
+                     r"4 test queries", done.stdout)
+    assert re.search(r"λ=100: -?\d\.\d{3} \[", done.stdout)
+    unknown = masr("eval", "--benchmark", "gsm8k", "--checkpoint", "no-such-router")
+    assert unknown.returncode == 1 and "unknown checkpoint 'no-such-router'" in unknown.stderr
+
+
 @pytest.mark.parametrize("args, status, message", [
     (("route", "What is 2+2?"), 2, "the following arguments are required: --checkpoint"),
     (("train", "--checkpoint", "x.pt", "--benchmark", "gsm8k", "--steps", "0"), 2,

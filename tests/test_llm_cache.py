@@ -141,6 +141,29 @@ async def test_concurrent_identical_calls_are_made_once(tmp_path):
     assert {r.text for r in results} == {"echo: same"}
 
 
+async def test_the_clusters_store_hands_a_released_claim_to_one_waiter_only(tmp_path):
+    """Processes waiting on one key's claim (the shared store of the Ray grid): when the
+    claimant gives up, exactly one waiter claims the key and pays; the others wait for its
+    reply and get it from the store (woken together, none may slip through unclaimed)."""
+    from masr_graph.llm.shared import ResponseStore
+
+    store = ResponseStore(str(tmp_path / "shared.sqlite"))
+    reply = CachedResponse("the reply", 10, 5, False, 0.001)
+    assert await store.lookup("k", ("dead", "a")) is None  # claims "k"
+    waiters = [asyncio.create_task(store.lookup("k", (f"unit{i}", "a"))) for i in range(5)]
+    await asyncio.sleep(0.05)
+    assert not any(w.done() for w in waiters)
+    store.release("k", ("dead", "a"))
+    await asyncio.sleep(0.05)
+    claimants = [i for i, w in enumerate(waiters) if w.done()]
+    assert len(claimants) == 1 and waiters[claimants[0]].result() is None
+    await store.put("k", "model", reply, (f"unit{claimants[0]}", "a"))
+    others = await asyncio.gather(*(w for i, w in enumerate(waiters) if i not in claimants))
+    assert [hit.text for hit in others] == ["the reply"] * 4
+    assert store.state()["misses"] == 2 and store.state()["open_claims"] == 0
+    await store.close()
+
+
 async def test_many_concurrent_writers_on_two_connections(tmp_path: Path):
     path = tmp_path / "c.sqlite"
     n = 300

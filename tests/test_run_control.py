@@ -267,14 +267,14 @@ def test_run_all_interrupted_keeps_finished_pairs_and_says_how_to_resume(
     from masr_graph.benchmarks.experiment.protocol import PairRun
 
     out = tmp_path / "run"
-    original = PairRun.prepare
+    original = PairRun.define_library
 
     async def interrupt_the_second(self: Any, *args: Any, **kwargs: Any) -> int:
         if self.pair.task == "mmlu":
             raise KeyboardInterrupt
         return await original(self, *args, **kwargs)
 
-    monkeypatch.setattr(PairRun, "prepare", interrupt_the_second)
+    monkeypatch.setattr(PairRun, "define_library", interrupt_the_second)
     try:
         status = run_all.main(["--world", "llmrouter", "--benchmarks", "gsm8k", "mmlu", "--out",
                                str(out), *TINY])
@@ -288,7 +288,7 @@ def test_run_all_interrupted_keeps_finished_pairs_and_says_how_to_resume(
     assert "- **status**: stopped before the end: interrupted" in markdown
     assert "llmrouter-all-mmlu: " in markdown  # listed among the unfinished cells
     # The rerun resumes: the finished pair's cells are stored, so it runs none of them again.
-    monkeypatch.setattr(PairRun, "prepare", original)
+    monkeypatch.setattr(PairRun, "define_library", original)
     ran: list[str] = []
     original_run = PairRun.run
 

@@ -4,11 +4,12 @@ cache, the progress board — are actors of this driver (:mod:`masr_graph.llm.sh
 
 Scheduling is Ray's: one remote function runs any unit (:func:`_execute`, the same
 :func:`~.grid.run_task` the serial grid runs), submitted with the unit's resource needs —
-1 CPU for a training, and for a prepare or a cell on a recorded world (replay and scoring are
-local work); :data:`ENDPOINT_CPUS` for a prepare or a cell of real endpoints, which mostly waits
-on them — and with the object refs of the units it needs as arguments, so Ray starts it when they
-are done, on whichever node has room. A pair's trainings and cells are submitted when its
-prepare returns (the library decides the fixed-mode cells). A killed worker or node takes its
+1 CPU for a training, and for a prepare, a library shard or a cell on a recorded world (replay
+and scoring are local work); :data:`ENDPOINT_CPUS` for those on real endpoints, which mostly
+wait on them — and with the object refs of the units it needs as arguments, so Ray starts it
+when they are done, on whichever node has room. A pair's library shards (one per CPU of the
+cluster when the grid starts), trainings and cells are submitted when its prepare returns (the
+library decides the fixed-mode cells), longest units first. A killed worker or node takes its
 running units with it; Ray reruns them (``max_retries``) and a rerun resumes from what the lost
 attempt stored: every finished query is in the result store, every answered call in the shared
 response cache, every settled call in the unit's ledger.
@@ -16,10 +17,12 @@ response cache, every settled call in the unit's ledger.
 Where things go. Results, traces, checkpoints, library outcomes and ledgers are files under
 ``--out``, as without Ray, so on a multi-node cluster ``--out`` must be a shared file system
 mounted at the same path on every node. Each unit streams its ledger to
-``ledgers/<run id>/<pair>/<unit>.jsonl`` (a rerun appends to it). The response cache is the one
-database ``llm_cache.sqlite`` owned by an actor on the driver's node (why: docs/ARCHITECTURE.md,
-"The grid on Ray"); score caches are per host (``scores.sqlite`` on the driver's,
-``scores-<host>.sqlite`` elsewhere), since SQLite's WAL must not be shared across hosts; each
+``ledgers/<run id>/<pair>/<unit>.jsonl`` (a rerun appends to it). The response cache of real
+endpoints is the one database ``llm_cache.sqlite`` owned by an actor on the driver's node (why:
+docs/ARCHITECTURE.md, "The grid on Ray"); recorded worlds' replies, which cost nothing and are
+the same on every host, and the score caches are cached per host (``llm_cache.sqlite`` and
+``scores.sqlite`` on the driver's, ``<stem>-<host>.sqlite`` elsewhere), since SQLite's WAL must
+not be shared across hosts; each
 pair's embeddings are computed once by its prepare (``<pair>/embeddings.pt``) and read by every
 worker.
 
@@ -45,7 +48,7 @@ from pathlib import Path
 from typing import Any, Optional, Sequence
 
 from masr_graph.errors import BudgetExceeded, ConfigError, MasrError
-from masr_graph.llm import CallRecord
+from masr_graph.llm import CallRecord, ResponseCache
 from masr_graph.plan import Plan
 from masr_graph.llm.shared import (
     BudgetActor,
@@ -64,6 +67,8 @@ from .grid import (
     BUDGET,
     DONE,
     ERROR,
+    GRID_TORCH_THREADS,
+    LIBRARY,
     PREPARE,
     SKIPPED,
     TRAIN,
@@ -75,6 +80,7 @@ from .grid import (
     pair_tasks,
     run_task,
     task_needs,
+    torch_threads,
 )
 from .protocol import ENDPOINTS, Pair, PairRun, ProtocolSettings
 from .wiring import open_runtime
@@ -83,6 +89,7 @@ ENDPOINT_CPUS = 0.25
 """CPUs a prepare or cell of real endpoints asks for: it waits on LLM calls, whose number the
 endpoint gates bound, so four share a core."""
 RAY_EXTRA = "pip install 'masr_graph[ray]'"
+SUBMIT_ORDER = {LIBRARY: 0, TRAIN: 1}
 POLL_S = 0.25
 """How often the driver collects finished units and redraws progress."""
 
@@ -165,10 +172,23 @@ def _pair_run(ctx: GridContext, pair: Pair) -> PairRun:
     return run
 
 
-def _scores_path(ctx: GridContext) -> Path:
+def _host_file(ctx: GridContext, stem: str) -> Path:
+    """``<out>/<stem>.sqlite`` on the driver's host, ``<stem>-<host>.sqlite`` on the others (a
+    SQLite file in WAL mode is shared by the processes of one host, never across hosts)."""
     host = socket.gethostname()
-    name = "scores.sqlite" if host == ctx.driver_host else f"scores-{host}.sqlite"
-    return Path(ctx.out) / name
+    return Path(ctx.out) / (f"{stem}.sqlite" if host == ctx.driver_host else
+                            f"{stem}-{host}.sqlite")
+
+
+def _response_cache(ctx: GridContext, task: GridTask, lease: Any) -> Any:
+    """The unit's response cache: the cluster's shared store for real endpoints, where a reply
+    is money; the host's cache file for a recorded world, whose replies are deterministic local
+    lookups that cost nothing — a round trip to the store actor for each (1.8–3.7 ms, measured
+    by bench_sweep) would cost more than the replay, and the one actor would serve every call
+    of the cluster."""
+    if task.pair.world == ENDPOINTS:
+        return SharedCache(ctx.store, lease)
+    return ResponseCache(_host_file(ctx, "llm_cache"))
 
 
 def _orphan_record(llm: str, usd: float, run_id: str) -> CallRecord:
@@ -199,7 +219,8 @@ def _execute(task: GridTask, ctx: GridContext, *needs: TaskOutcome) -> TaskOutco
     if blocked is not None:
         return TaskOutcome(task.name, task.kind, status=SKIPPED,
                            message=f"{blocked.name} did not finish ({blocked.status})")
-    return asyncio.run(_execute_async(task, ctx))
+    with torch_threads(GRID_TORCH_THREADS):
+        return asyncio.run(_execute_async(task, ctx))
 
 
 async def _execute_async(task: GridTask, ctx: GridContext) -> TaskOutcome:
@@ -226,19 +247,19 @@ async def _execute_leased(task: GridTask, ctx: GridContext, attempt: str) -> Tas
              for endpoint, (gate, limit) in ctx.gates.items()}
     run_id = f"{ctx.run_id}-{task.pair.name}"
     outcome = TaskOutcome(task.name, task.kind, worker=worker)
+    cache = _response_cache(ctx, task, lease)
     try:
         async with open_runtime(
                 run.specs, out, run_id=run_id, budget=budget,  # type: ignore[arg-type]
-                cache=SharedCache(ctx.store, lease),  # type: ignore[arg-type]
-                endpoint_slots=slots, max_tokens=run.max_tokens, max_concurrent_queries=128,
+                cache=cache, endpoint_slots=slots, max_tokens=run.max_tokens,
+                max_concurrent_queries=128,
                 ledger_path=out / "ledgers" / ctx.run_id / task.pair.name / f"{task.slug}.jsonl",
-                scores_path=_scores_path(ctx), unknown_outcome_cost=ctx.unknown_outcome_cost,
+                scores_path=_host_file(ctx, "scores"),
+                unknown_outcome_cost=ctx.unknown_outcome_cost,
                 fail_fast_after=ctx.fail_fast_after) as runtime:
             for llm, usd in orphans:
                 runtime.pool.ledger.add(_orphan_record(llm, usd, run_id))
             try:
-                if task.kind != PREPARE and run.train_outcomes is None:
-                    await run.prepare(runtime.pipeline)  # all stored: reads the outcomes
                 outcome = await run_task(task, run, runtime, report)
                 outcome.worker = worker
                 if task.kind == PREPARE:
@@ -257,6 +278,8 @@ async def _execute_leased(task: GridTask, ctx: GridContext, attempt: str) -> Tas
         outcome.spending["spent_usd"] = outcome.spending["ledger_usd"]
         outcome.usd = outcome.spending["ledger_usd"]
     finally:
+        if isinstance(cache, ResponseCache):
+            await cache.aclose()
         await asyncio.gather(*(actor.end.remote(task.name, attempt) for actor in ctx.leased()))
         ctx.board.finish.remote(task.name)
     return outcome
@@ -369,11 +392,12 @@ class _Driver:
             board=self.board, store=self.store, budget=self.budget, max_usd=max_usd,
             gates=self.gates)
         self.remote = ray.remote(_execute)
+        self.shards = max(1, int(ray.cluster_resources().get("CPU", 1)))
         self.pending: dict[Any, GridTask] = {}
         self.refs: dict[str, Any] = {}
 
     def submit(self, task: GridTask, run: PairRun) -> None:
-        needs = [self.refs[name] for name in task_needs(task, run)]
+        needs = [self.refs[name] for name in task_needs(task, run, self.shards)]
         ref = self.remote.options(
             num_cpus=task_cpus(task), max_retries=self.options.max_retries,
             retry_exceptions=False, name=task.name[:120],
@@ -431,9 +455,11 @@ class _Driver:
                            f"{len(run.data.validation)} validation / {len(run.data.test)} "
                            f"test queries, {len(run.llms)} LLMs, {len(run.library)} library "
                            f"plans ({outcome.ran} executions now)")
-            tasks = pair_tasks(run)
+            tasks = pair_tasks(run, self.shards)
             self.view.add_total(len(tasks))
-            for follow in tasks:
+            # Longest first where Ray has a choice: the shards, then the trainings (each the
+            # length of many cells), then the cells.
+            for follow in sorted(tasks, key=lambda t: SUBMIT_ORDER.get(t.kind, len(SUBMIT_ORDER))):
                 self.submit(follow, run)
 
     def _cancel(self) -> None:

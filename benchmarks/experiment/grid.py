@@ -3,37 +3,45 @@ its results as units finish.
 
 A unit (:class:`GridTask`) is one of
 
-* ``prepare`` of a pair: the single LLMs' and the plan library's executions on the train and
-  validation queries (``<pair>/library.sqlite``, resumable) and the embeddings of every query;
+* ``prepare`` of a pair: the single LLMs' executions on the train and validation queries, the
+  plan library they decide (``<pair>/library.json``) and the embeddings of every query;
+* ``library`` of a pair, shard *i* of *n*: the executions of every *n*-th team plan of the
+  library on the train and validation queries (:meth:`~.protocol.PairRun.execute_library`;
+  resumable, one outcome file per shard), so that the library — most of a pair's executions —
+  runs on as many workers as there are shards;
 * ``train`` of a pair and seed: MasRouter's training (``<pair>/masrouter-seed<seed>.pt`` and its
   ``.curve.json``; loaded when it exists);
 * a *cell*, one (world, task, λ, seed, method) of :class:`~.protocol.Cell`: its method on the
   test queries into ``traces/<pair>/<cell>.jsonl``, one line per query, which is also where a
   rerun resumes.
 
-Dependencies: prepare → train(seed) → the MasRouter cells of that seed; every other cell needs
-prepare only, and the oracle the single-LLM (IO) cells. A pair's cells are known once its
-prepare has built the library (the fixed-mode cells are library plans).
+Dependencies: prepare → every library shard → train(seed) → the MasRouter cells of that seed;
+every other cell needs the library shards, and the oracle the single-LLM (IO) cells. A pair's
+shards and cells are known once its prepare has defined the library (the fixed-mode cells are
+library plans).
 
-Without Ray the units run in this process in dependency order — per pair, prepare, then
-:meth:`PairRun.cells` in order with each seed's training just before its first MasRouter cell —
-with one runtime per pair and one budget and response cache for the invocation (the behaviour
-and files of the grid before Ray). With :class:`RayOptions` the same :func:`run_task` runs in
-Ray workers (:mod:`.cluster`). Either way results files are rewritten as units finish and
+Without Ray the units run in this process in dependency order — per pair, prepare, the library
+as one shard, then :meth:`PairRun.cells` in order with each seed's training just before its
+first MasRouter cell — with one runtime per pair and one budget and response cache for the
+invocation (the behaviour and files of the grid before Ray). With :class:`RayOptions` the same
+:func:`run_task` runs in Ray workers (:mod:`.cluster`). Either way results files are rewritten
+as units finish and
 whenever the run stops, so a partly finished grid gives partial, marked tables, and
 :class:`~masr_graph.benchmarks.reporting.progress.GridProgress` shows one line per running unit,
 one summary line per finished one and a bar for the grid.
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import time
 import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Mapping, Optional, Sequence
+from typing import Any, Callable, Iterator, Mapping, Optional, Sequence
 
 import numpy as np
+import torch
 
 from masr_graph.errors import BudgetExceeded, ConfigError
 from masr_graph.exit_status import BudgetStop
@@ -46,12 +54,18 @@ from ..reporting.progress import GridProgress
 from ..reporting.protocol import PairReport, TargetCheck, pair_report, write_report
 from ..reporting.results import QueryResult, RunStore
 from .baselines import SingleLLM
-from .library import plan_key
+from .library import library_shard, plan_key
 from .protocol import MASROUTER, ORACLE, Cell, Pair, PairRun, ProtocolSettings
 from .wiring import Runtime, open_runtime, spending_text
 
-PREPARE, TRAIN, CELL = "prepare", "train", "cell"
+PREPARE, LIBRARY, TRAIN, CELL = "prepare", "library", "train", "cell"
+KINDS = (PREPARE, LIBRARY, TRAIN, CELL)
 DONE, BUDGET, ERROR, SKIPPED = "done", "budget", "error", "skipped"
+GRID_TORCH_THREADS = 1
+"""torch's threads in every unit, serial or on Ray (where a 1-CPU task gets one): torch's float
+reductions depend on the thread count, and 300 sampled training steps turn a 1e-7 difference into
+another router, so only one count for all makes a grid's numbers the same with and without Ray
+(measured: a training takes no longer on one thread than on two)."""
 Reporter = Callable[..., None]
 """``report(what=..., step=..., total=..., reward=..., usd=...)``: a running unit's progress."""
 
@@ -61,32 +75,38 @@ class GridTask:
     """One schedulable unit of the grid (see the module docstring).
 
     Args:
-        kind: :data:`PREPARE`, :data:`TRAIN` or :data:`CELL`.
+        kind: one of :data:`KINDS`.
         pair: the pair it belongs to.
         seed: the training seed (``train`` only).
         cell: the cell (``cell`` only).
+        shard: ``(index, count)`` of the library's shards (``library`` only).
     """
 
     kind: str
     pair: Pair
     seed: Optional[int] = None
     cell: Optional[Cell] = None
+    shard: Optional[tuple[int, int]] = None
 
     def __post_init__(self) -> None:
-        if self.kind not in (PREPARE, TRAIN, CELL):
-            raise ConfigError(f"a grid task is one of {[PREPARE, TRAIN, CELL]} (got {self.kind!r})")
-        if (self.kind == TRAIN) != (self.seed is not None) or (self.kind == CELL) != (
-                self.cell is not None):
-            raise ConfigError(f"a {self.kind} task needs exactly its own fields "
-                              f"(got seed={self.seed!r}, cell={self.cell!r})")
+        if self.kind not in KINDS:
+            raise ConfigError(f"a grid task is one of {list(KINDS)} (got {self.kind!r})")
+        if ((self.kind == TRAIN) != (self.seed is not None)
+                or (self.kind == CELL) != (self.cell is not None)
+                or (self.kind == LIBRARY) != (self.shard is not None)):
+            raise ConfigError(f"a {self.kind} task needs exactly its own fields (got "
+                              f"seed={self.seed!r}, cell={self.cell!r}, shard={self.shard!r})")
 
     @property
     def name(self) -> str:
-        """``<pair>/<cell label>``, ``<pair>/MasRouter training seed=<s>`` or ``<pair>/prepare``."""
+        """``<pair>/<cell label>``, ``<pair>/MasRouter training seed=<s>``,
+        ``<pair>/library <i>/<n>`` (counting from 1) or ``<pair>/prepare``."""
         if self.cell is not None:
             return self.cell.name
         if self.kind == TRAIN:
             return f"{self.pair.name}/{MASROUTER} training seed={self.seed}"
+        if self.shard is not None:
+            return f"{self.pair.name}/library {self.shard[0] + 1}/{self.shard[1]}"
         return f"{self.pair.name}/prepare"
 
     @property
@@ -136,7 +156,9 @@ class TaskOutcome:
             return f"✗ {self.name}: {self.status}: {self.message}"
         m, now = self.metrics, f"{self.ran} now" if self.ran else "all stored"
         if self.kind == PREPARE:
-            what = f"{int(m.get('plans', 0))} library plans, executions: {now}"
+            what = f"{int(m.get('plans', 0))} library plans, single-LLM executions: {now}"
+        elif self.kind == LIBRARY:
+            what = f"{int(m.get('plans', 0))} team plans, executions: {now}"
         elif self.kind == TRAIN:
             what = (f"best step {int(m.get('best_step', 0))}, validation utility "
                     f"{m.get('validation_utility', float('nan')):.3f}"
@@ -148,10 +170,16 @@ class TaskOutcome:
         return f"✓ {self.name}: {what} · {self.seconds:.1f}s"
 
 
-def pair_tasks(run: PairRun) -> list[GridTask]:
-    """A prepared pair's trainings and cells, in the order a serial grid runs them: the cells
-    of :meth:`PairRun.cells`, each seed's training just before its first MasRouter cell."""
-    tasks: list[GridTask] = []
+def library_tasks(pair: Pair, shards: int) -> list[GridTask]:
+    """The ``shards`` library units of ``pair``."""
+    return [GridTask(LIBRARY, pair, shard=(index, shards)) for index in range(shards)]
+
+
+def pair_tasks(run: PairRun, shards: int = 1) -> list[GridTask]:
+    """A prepared pair's library shards, trainings and cells, in the order a serial grid runs
+    them: the shards, then the cells of :meth:`PairRun.cells`, each seed's training just before
+    its first MasRouter cell."""
+    tasks = library_tasks(run.pair, shards)
     trained: set[int] = set()
     for cell in run.cells():
         if cell.method == MASROUTER and cell.seed not in trained:
@@ -162,17 +190,19 @@ def pair_tasks(run: PairRun) -> list[GridTask]:
     return tasks
 
 
-def task_needs(task: GridTask, run: PairRun) -> list[str]:
-    """Names of the units ``task`` needs finished first (see the module docstring)."""
-    prepare = GridTask(PREPARE, task.pair).name
+def task_needs(task: GridTask, run: PairRun, shards: int = 1) -> list[str]:
+    """Names of the units ``task`` needs finished first (see the module docstring), with the
+    pair's library in ``shards`` shards."""
     if task.kind == PREPARE:
         return []
+    if task.kind == LIBRARY:
+        return [GridTask(PREPARE, task.pair).name]
     cell = task.cell
     if cell is not None and cell.method == MASROUTER:
         return [GridTask(TRAIN, task.pair, seed=cell.seed).name]
     if cell is not None and cell.method == ORACLE:
         return [Cell(task.pair, SingleLLM(llm).name, "single LLM").name for llm in run.llms]
-    return [prepare]
+    return [shard.name for shard in library_tasks(task.pair, shards)]
 
 
 class ReportingStore(RunStore):
@@ -231,8 +261,9 @@ def cell_metrics(run: PairRun, cell: Cell, results: Sequence[QueryResult]) -> di
 
 async def run_task(task: GridTask, run: PairRun, runtime: Runtime,
                    report: Reporter = lambda **_: None) -> TaskOutcome:
-    """Run one unit of ``run``'s pair with ``runtime`` (its prerequisites must have finished;
-    for a train or cell task, ``run`` must be prepared). What it stores is not run again.
+    """Run one unit of ``run``'s pair with ``runtime`` (its prerequisites must have finished:
+    a train or cell task reads the library's outcomes when ``run`` has not). What it stores is
+    not run again.
 
     Raises:
         BudgetExceeded: the cap stopped it (what finished is stored).
@@ -252,12 +283,20 @@ async def run_task(task: GridTask, run: PairRun, runtime: Runtime,
             last[0] = now
             report(usd=spent(), **fields)
 
+    if task.kind in (TRAIN, CELL) and run.train_outcomes is None:
+        run.load_outcomes()
     if task.kind == PREPARE:
-        outcome.ran = await run.prepare(runtime.pipeline, progress=_Counter(throttled,
-                                                                          "executions"))
+        outcome.ran = await run.define_library(runtime.pipeline,
+                                               progress=_Counter(throttled, "executions"))
         embed_pair(run)
         outcome.library = [plan_key(plan) for plan in run.library]
         outcome.metrics = {"plans": float(len(run.library)), "executions": float(outcome.ran)}
+    elif task.kind == LIBRARY:
+        assert task.shard is not None
+        outcome.ran = await run.execute_library(runtime.pipeline, *task.shard,
+                                                progress=_Counter(throttled, "executions"))
+        outcome.metrics = {"plans": float(len(library_shard(run.library, *task.shard))),
+                           "executions": float(outcome.ran)}
     elif task.kind == TRAIN:
         assert task.seed is not None
         path = run.out / f"masrouter-seed{task.seed}.pt"
@@ -299,6 +338,17 @@ async def run_task(task: GridTask, run: PairRun, runtime: Runtime,
     outcome.usd = spent()
     report(usd=outcome.usd)
     return outcome
+
+
+@contextlib.contextmanager
+def torch_threads(count: int) -> Iterator[None]:
+    """torch's intra-op threads set to ``count`` for the block, then restored."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(count)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
 
 
 def training_summary(curve_file: Path) -> dict[str, float]:
@@ -459,10 +509,11 @@ async def run_grid(
                              unknown_outcome_cost=unknown_outcome_cost,
                              fail_fast_after=fail_fast_after)
         else:
-            await _run_serial(pairs, settings, out, results=results, view=view,
-                              tracker=tracker, data_dir=data_dir, budget=results.budget,
-                              unknown_outcome_cost=unknown_outcome_cost,
-                              fail_fast_after=fail_fast_after)
+            with torch_threads(GRID_TORCH_THREADS):
+                await _run_serial(pairs, settings, out, results=results, view=view,
+                                  tracker=tracker, data_dir=data_dir, budget=results.budget,
+                                  unknown_outcome_cost=unknown_outcome_cost,
+                                  fail_fast_after=fail_fast_after)
         results.status = "complete"
         results.write()
         if tracker is not None:
@@ -511,7 +562,7 @@ async def _run_serial(pairs: Sequence[Pair], settings: ProtocolSettings, out: Pa
                 outcome = await _serial_task(GridTask(PREPARE, pair), run, runtime, view, grid,
                                              tracker)
                 view.note(f"   plan library: {len(run.library)} plans ({outcome.ran} "
-                          "executions now)")
+                          "single-LLM executions now)")
                 tasks = pair_tasks(run)
                 view.add_total(len(tasks))
                 for task in tasks:

@@ -20,7 +20,10 @@ even for a pool of 43.
 
 Outcomes (:class:`OutcomeStore`) are kept per (plan, query) in SQLite next to the run, so a
 rerun executes only what is missing; they are the same executions any method pays for on real
-endpoints (identical agent prompts across plans are answered by the response cache).
+endpoints (identical agent prompts across plans are answered by the response cache). The
+executions can be split into shards (:func:`library_shard`) that run in parallel, each writing
+its own file (:func:`outcome_files`), so no two processes — possibly on two hosts of a shared
+file system — ever write one SQLite database.
 """
 from __future__ import annotations
 
@@ -127,27 +130,66 @@ def build_library(llms: Sequence[str], domain: str, singles: SingleOutcomes, *,
     return list(unique.values())
 
 
+SINGLES_FILE = "library.sqlite"
+SHARD_FOLDER = "library-shards"
+
+
+def shard_file(folder: Path, index: int, count: int) -> Path:
+    """Where shard ``index`` of ``count`` of a pair's library executions is written."""
+    return folder / SHARD_FOLDER / f"{index}-of-{count}.sqlite"
+
+
+def outcome_files(folder: Path) -> list[Path]:
+    """Every outcome file of a pair's folder: the singles' (which also holds a whole library
+    run by one process) and the shards', whatever the shard count of the run that wrote them."""
+    shards = sorted((folder / SHARD_FOLDER).glob("*-of-*.sqlite"))
+    return [path for path in (folder / SINGLES_FILE, *shards) if path.exists()]
+
+
+def library_shard(library: Sequence[Plan], index: int, count: int) -> list[Plan]:
+    """The plans of shard ``index`` of ``count``: every ``count``-th team plan from ``index``
+    (interleaved, so each shard gets a share of every mode's cost), after the singles, which
+    the prepare runs."""
+    if not 0 <= index < count:
+        raise ValueError(f"shard {index} of {count} does not exist")
+    teams = [plan for plan in library if plan.k > 1 or plan.mode != "IO"]
+    return teams[index::count]
+
+
 class OutcomeStore:
-    """Executed outcomes per (plan, query) in SQLite (WAL), resumable across runs.
+    """Executed outcomes per (plan, query) in SQLite, resumable across runs: one file it
+    writes, and any number of others it only reads (what other shards stored).
 
     Args:
-        path: the database file (created with its folder).
+        path: the database file it writes (created with its folder).
+        others: more outcome files to read (see :func:`outcome_files`); ``path`` among them
+            is ignored.
     """
 
-    def __init__(self, path: Path):
+    def __init__(self, path: Path, others: Sequence[Path] = ()):
         path.parent.mkdir(parents=True, exist_ok=True)
-        self._db = sqlite3.connect(str(path), check_same_thread=False, isolation_level=None)
-        self._db.execute("PRAGMA journal_mode=WAL")
+        self._db = sqlite3.connect(str(path), check_same_thread=False, isolation_level=None,
+                                   timeout=60.0)
         self._db.execute("CREATE TABLE IF NOT EXISTS outcomes (plan TEXT, query TEXT, "
                          "correct REAL, cost REAL, calls INTEGER, PRIMARY KEY (plan, query))")
+        self._others = [other for other in others if other.resolve() != path.resolve()]
         self._lock = threading.Lock()
+
+    def _rows(self, columns: str) -> list[tuple]:
+        with self._lock:
+            rows = self._db.execute(f"SELECT {columns} FROM outcomes").fetchall()
+        for other in self._others:
+            reader = sqlite3.connect(f"file:{other}?mode=ro", uri=True, timeout=60.0)
+            try:
+                rows.extend(reader.execute(f"SELECT {columns} FROM outcomes").fetchall())
+            finally:
+                reader.close()
+        return rows
 
     def known(self, plans: Sequence[Plan], examples: Sequence[Example]) -> set[tuple[str, str]]:
         wanted = {plan_key(p) for p in plans}
         ids = {e.id for e in examples}
-        with self._lock:
-            rows = self._db.execute("SELECT plan, query FROM outcomes").fetchall()
-        return {(p, q) for p, q in rows if p in wanted and q in ids}
+        return {(p, q) for p, q in self._rows("plan, query") if p in wanted and q in ids}
 
     def add(self, rows: Sequence[tuple[str, str, float, float, int]]) -> None:
         with self._lock:
@@ -161,9 +203,7 @@ class OutcomeStore:
         row = {e.id: i for i, e in enumerate(examples)}
         correct = torch.full((len(examples), len(plans)), float("nan"))
         cost = torch.full((len(examples), len(plans)), float("nan"))
-        with self._lock:
-            records = self._db.execute("SELECT plan, query, correct, cost FROM outcomes").fetchall()
-        for plan, query, ok, dollars in records:
+        for plan, query, ok, dollars in self._rows("plan, query, correct, cost"):
             if plan in column and query in row:
                 correct[row[query], column[plan]] = ok
                 cost[row[query], column[plan]] = dollars

@@ -62,7 +62,8 @@ from ..tasks.datasets import Example
 from ..tasks.registry import scorer_fingerprint
 from ..tasks.splits import make_split, save_split, split_examples
 from .baselines import RandomPlans, SingleLLM, generalist_role
-from .library import OutcomeStore, SingleOutcomes, build_library, execute, plan_key, single_plans
+from .library import (SINGLES_FILE, OutcomeStore, SingleOutcomes, build_library, execute,
+                      library_shard, outcome_files, plan_key, shard_file, single_plans)
 from .pipeline import Pipeline
 from .routers import KNNRouter, LogisticRouter, MFRouter, MLPRouter
 from .wiring import ENDPOINTS, evaluate_method, pool_specs
@@ -283,30 +284,67 @@ class PairRun:
 
     # ---- shared work -----------------------------------------------------------------------
     async def prepare(self, pipeline: Pipeline, *, progress: Optional[object] = None) -> int:
-        """Execute the single LLMs, then the plan library, on the train and validation queries
-        (what is already in the outcome store is not run again); returns executions made."""
-        outcomes = OutcomeStore(self.out / "library.sqlite")
+        """Everything the pair's cells need, in this process: :meth:`define_library`, the
+        whole library's :meth:`execute_library`, :meth:`load_outcomes`; returns executions made
+        (what is already stored is not run again)."""
+        ran = await self.define_library(pipeline, progress=progress)
+        ran += await self.execute_library(pipeline, progress=progress)
+        self.load_outcomes()
+        return ran
+
+    async def define_library(self, pipeline: Pipeline, *,
+                             progress: Optional[object] = None) -> int:
+        """Execute the single LLMs on the train and validation queries and build the plan
+        library from their training outcomes (``library.json``); returns executions made."""
+        outcomes = OutcomeStore(self.out / SINGLES_FILE)
         try:
-            seen = self.data.train + self.data.validation
             singles = single_plans(self.llms, self.domain)
-            ran = await execute(pipeline, outcomes, singles, seen, progress=progress)
+            ran = await execute(pipeline, outcomes, singles,
+                                self.data.train + self.data.validation, progress=progress)
             single = outcomes.matrix(singles, self.data.train)
-            summary = SingleOutcomes(
-                accuracy={llm: float(single.correct[:, j].mean()) for j, llm in
-                          enumerate(self.llms)},
-                cost={llm: float(single.cost[:, j].mean()) for j, llm in enumerate(self.llms)})
-            self.library = build_library(self.llms, self.domain, summary,
-                                         team_limit=self.settings.team_llms)
-            ran += await execute(pipeline, outcomes, self.library, seen, progress=progress)
-            self.train_outcomes = outcomes.matrix(self.library, self.data.train)
-            self.validation_outcomes = outcomes.matrix(self.library, self.data.validation)
         finally:
             outcomes.close()
-        # Atomically: cells in other processes read it while a rerun of prepare rewrites it.
+        summary = SingleOutcomes(
+            accuracy={llm: float(single.correct[:, j].mean()) for j, llm in enumerate(self.llms)},
+            cost={llm: float(single.cost[:, j].mean()) for j, llm in enumerate(self.llms)})
+        self.library = build_library(self.llms, self.domain, summary,
+                                     team_limit=self.settings.team_llms)
+        # Atomically: units in other processes read it while a rerun of prepare rewrites it.
         tmp = self.out / f"library.json.{os.getpid()}.tmp"
         tmp.write_text(json.dumps([plan_key(plan) for plan in self.library], indent=0))
         tmp.replace(self.out / "library.json")
         return ran
+
+    async def execute_library(self, pipeline: Pipeline, index: int = 0, count: int = 1, *,
+                              progress: Optional[object] = None) -> int:
+        """Execute shard ``index`` of ``count`` of the library's team plans
+        (:func:`~.library.library_shard`) on the train and validation queries; what any of the
+        pair's outcome files holds is not run again. One shard (``count=1``) writes the
+        singles' file, several write one file each. Returns executions made."""
+        if not self.library:
+            raise ConfigError(f"pair {self.pair.name}: define_library() must run before "
+                              "execute_library()")
+        path = self.out / SINGLES_FILE if count == 1 else shard_file(self.out, index, count)
+        outcomes = OutcomeStore(path, others=outcome_files(self.out))
+        try:
+            return await execute(pipeline, outcomes, library_shard(self.library, index, count),
+                                 self.data.train + self.data.validation, progress=progress)
+        finally:
+            outcomes.close()
+
+    def load_outcomes(self) -> None:
+        """Read the library's train and validation outcomes from every outcome file (each
+        (plan, query) must have been executed)."""
+        files = outcome_files(self.out)
+        if not files or not self.library:
+            raise ConfigError(f"pair {self.pair.name}: its library has not been executed "
+                              "(prepare() first)")
+        outcomes = OutcomeStore(files[0], others=files[1:])
+        try:
+            self.train_outcomes = outcomes.matrix(self.library, self.data.train)
+            self.validation_outcomes = outcomes.matrix(self.library, self.data.validation)
+        finally:
+            outcomes.close()
 
     def _require_prepared(self) -> tuple[LibraryOutcomes, LibraryOutcomes]:
         if self.train_outcomes is None or self.validation_outcomes is None:

@@ -1,23 +1,23 @@
-"""How a sweep scales on Ray: one (world, task) pair's grid — 5 λ × 3 seeds by default, at
-``--quick`` sizes — run serially and with ``--ray`` on N local workers, from cold each (fresh
-output folders, fresh processes), in the same invocation.
+"""How a sweep scales on Ray: one (world, task) pair's grid — 5 λ × 3 seeds at the protocol's
+full sizes by default — run serially and with ``--ray`` on N local workers, from cold each
+(fresh output folders, fresh processes), in the same invocation.
 
     python benchmarks/perf/bench_sweep.py                       # llmrouter/gsm8k, 2 workers
     python benchmarks/perf/bench_sweep.py --workers 2 --world zeroeval --pool paper5
-    python benchmarks/perf/bench_sweep.py --serial-threads 1    # the serial baseline on 1 thread
+    python benchmarks/perf/bench_sweep.py --grid-flags=--quick  # CI sizes: Ray's start dominates
 
 Prints the wall times (the whole process, as a user waits for it, and the grid alone), the
 speed-up (serial / ray) and the scaling efficiency (serial / (ray × workers); target ≥ 0.8),
-whether both runs wrote the same tables, and per-unit figures (seconds of a prepare, a
-training, a cell; LLM calls and their cache hits per cell) that size a bigger cluster; then the
+whether both runs wrote the same tables, and per-unit figures (seconds of a prepare, a library
+shard, a training, a cell; LLM calls and their cache hits per cell) that size a bigger cluster;
+then the
 cost of the shared actors per LLM call (cache lookup, budget reserve + settle, endpoint slot),
 measured from the workers. Everything goes to ``<out>/bench_sweep.json`` as well.
 
 On this kind of machine (2 cores) the ideal is bounded below 2×: Ray's own processes (raylet,
 GCS, the shared actors, the driver) take CPU from the same two cores, and each worker process
-loads torch, the encoder and the world before its first unit. Ray workers run torch on one
-thread (``OMP_NUM_THREADS=1``, Ray's default for a 1-CPU task); the serial run uses torch's
-default (every core) unless ``--serial-threads`` says otherwise.
+loads torch, the encoder and the world before its first unit. Every unit, serial or on Ray,
+runs torch on one thread (``grid.GRID_TORCH_THREADS``), so both runs compute the same numbers.
 """
 from __future__ import annotations
 
@@ -45,10 +45,9 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--lambdas", nargs="+", default=["0", "10", "100", "1000", "10000"])
     parser.add_argument("--seeds", nargs="+", default=["0", "1", "2"])
-    parser.add_argument("--grid-flags", default="--quick",
-                        help="more run_all.py flags for both runs (default: --quick)")
-    parser.add_argument("--serial-threads", type=int, default=None,
-                        help="torch threads of the serial run (default: torch's own)")
+    parser.add_argument("--grid-flags", default="",
+                        help="more run_all.py flags for both runs, e.g. --grid-flags=--quick "
+                             "(default: none, the protocol's full sizes)")
     parser.add_argument("--out", type=Path, default=Path("/tmp/bench_sweep"))
     parser.add_argument("--skip-micro", action="store_true",
                         help="do not measure the shared actors' cost per call")
@@ -83,9 +82,11 @@ def timed_run(flags: list[str], out: Path, env: dict[str, str]) -> dict[str, Any
 
 
 def by_kind(units: dict[str, float]) -> dict[str, dict[str, float]]:
-    kinds: dict[str, list[float]] = {"prepare": [], "training": [], "cell": []}
+    kinds: dict[str, list[float]] = {"prepare": [], "library shard": [], "training": [],
+                                     "cell": []}
     for name, seconds in units.items():
         kind = ("prepare" if name.endswith("/prepare") else
+                "library shard" if "/library " in name else
                 "training" if " training seed=" in name else "cell")
         kinds[kind].append(seconds)
     return {kind: {"n": len(v), "mean_s": statistics.fmean(v), "median_s": statistics.median(v),
@@ -98,7 +99,7 @@ def cell_calls(out: Path) -> dict[str, float]:
 
     per_cell = []
     for path in (out / "ledgers").rglob("*.jsonl"):
-        if path.stem in ("prepare",) or "training" in path.stem:
+        if path.stem == "prepare" or path.stem.startswith("library_") or "training" in path.stem:
             continue
         records = Ledger.from_jsonl(path).records
         per_cell.append((len(records), sum(1 for r in records if r.cached)))
@@ -182,15 +183,11 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     args.out.mkdir(parents=True, exist_ok=True)
     flags = grid_flags(args)
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONUNBUFFERED": "1"}
-    serial_env = dict(env)
-    if args.serial_threads:
-        serial_env.update(OMP_NUM_THREADS=str(args.serial_threads),
-                          MKL_NUM_THREADS=str(args.serial_threads))
     grid = f"{args.world}/{args.task}: {len(args.lambdas)} λ × {len(args.seeds)} seeds"
     print(f"bench_sweep: {grid} ({' '.join(flags)}), serial vs --ray with {args.workers} "
           f"workers on {os.cpu_count()} cores; load average before: "
           f"{' '.join(f'{x:.1f}' for x in os.getloadavg())}", flush=True)
-    serial = timed_run(flags, args.out / "serial", serial_env)
+    serial = timed_run(flags, args.out / "serial", env)
     print(f"  serial: {serial['wall_s']:.1f} s ({serial['grid_wall_s']:.0f} s in the grid), "
           f"{len(serial['units'])} units", flush=True)
     ray_run = timed_run([*flags, "--ray", "--ray-workers", str(args.workers)], args.out / "ray",
@@ -203,7 +200,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     efficiency = speedup / args.workers
     report: dict[str, Any] = {
         "grid": grid, "flags": flags, "workers": args.workers, "cores": os.cpu_count(),
-        "serial_threads": args.serial_threads, "serial": serial, "ray": ray_run,
+        "serial": serial, "ray": ray_run,
         "speedup": speedup, "efficiency": efficiency, "same_tables": same,
         "units_serial": by_kind(serial["units"]), "units_ray": by_kind(ray_run["units"]),
         "ray_cells": cell_calls(args.out / "ray"),
@@ -212,7 +209,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     print(f"  speed-up {speedup:.2f}×, scaling efficiency {efficiency:.2f} "
           f"(serial / (ray × {args.workers}); target ≥ 0.8: "
           f"{'met' if efficiency >= 0.8 else 'MISSED'}); same tables: {same}")
-    for kind in ("prepare", "training", "cell"):
+    for kind in ("prepare", "library shard", "training", "cell"):
         s, r = report["units_serial"].get(kind), report["units_ray"].get(kind)
         if s and r:
             print(f"  per {kind}: serial {s['mean_s']:.2f} s mean ({s['n']}), "

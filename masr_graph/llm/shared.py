@@ -305,12 +305,17 @@ class ResponseStore(_Leases):
             except asyncio.TimeoutError:
                 self.takeovers += 1
                 break
+        # Claim before the lookup's await: every other waiter woken with this one must find the
+        # key claimed and wait again, or each would miss and pay for the same request.
+        claim = self._claims[key] = _Claim(lease, asyncio.Event(), time.monotonic())
         hit = await self.cache.get(key)
         if hit is None:
             self.misses += 1
-            self._claims[key] = _Claim(lease, asyncio.Event(), time.monotonic())
         else:
             self.hits += 1
+            if self._claims.get(key) is claim:
+                del self._claims[key]
+            claim.done.set()
         return hit
 
     async def put(self, key: str, model: str, response: CachedResponse, lease: Lease) -> None:
