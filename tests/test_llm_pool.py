@@ -446,3 +446,31 @@ def test_registering_a_different_factory_for_a_taken_scheme_needs_replace():
         register_transport("test-counting", lambda specs: CountingTransport(specs))
     with pytest.raises(ConfigError, match="invalid transport scheme"):
         register_transport("9bad", CountingTransport)
+
+
+async def _cancelled_as_it_completes(wait: Any) -> str:
+    """Cancel a task in the loop iteration in which the call it awaits (through ``wait``)
+    completes — what Ctrl-C does to a run whose calls complete at once (replay, cache hits)."""
+    call = asyncio.get_running_loop().create_future()
+    task = asyncio.create_task(wait(call))
+    await asyncio.sleep(0)  # the task now awaits the call
+    call.set_result("reply")
+    task.cancel()
+    try:
+        return await task
+    except asyncio.CancelledError:
+        return "cancelled"
+
+
+async def test_a_call_with_a_time_limit_never_swallows_a_cancellation():
+    import sys
+
+    from masr_graph.llm.deadline import within
+
+    assert await _cancelled_as_it_completes(lambda call: within(call, 5.0)) == "cancelled"
+    if sys.version_info < (3, 12):  # the race within() exists for (CPython gh-86296)
+        assert await _cancelled_as_it_completes(
+            lambda call: asyncio.wait_for(call, 5.0)) == "reply"
+    with pytest.raises(asyncio.TimeoutError):
+        await within(asyncio.sleep(1.0), 0.01)
+    assert await within(asyncio.sleep(0, "done"), None) == "done"

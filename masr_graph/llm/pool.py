@@ -44,6 +44,7 @@ from ..errors import (
 from .budget import Budget
 from .cache import CachedResponse, ResponseCache, cache_key
 from .config import load_pool_config
+from .deadline import within
 from .health import EndpointHealth, EndpointRefusal
 from .ledger import Ledger
 from .tokens import estimate_prompt_tokens, estimate_text_tokens, prompt_tokens_upper_bound
@@ -557,9 +558,9 @@ class LLMPool:
         spend.sent_attempts += 1
         try:
             try:
-                completion = await asyncio.wait_for(
+                completion = await within(
                     self._transports[spec.name].complete(spec, messages, params, context),
-                    timeout=spec.timeout_s,
+                    spec.timeout_s,
                 )
             except asyncio.TimeoutError as exc:
                 raise TransientError(

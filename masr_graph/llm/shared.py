@@ -55,6 +55,7 @@ from typing import Any, Callable, Optional
 from ..errors import BudgetExceeded
 from .budget import Budget, Reservation
 from .cache import CachedResponse, ResponseCache
+from .deadline import within
 
 Lease = tuple[str, str]
 """``(unit, attempt)``: who holds a reservation, a slot or a claim."""
@@ -301,7 +302,7 @@ class ResponseStore(_Leases):
             self.waits += 1
             left = CLAIM_TIMEOUT_S - (time.monotonic() - claim.since)
             try:
-                await asyncio.wait_for(claim.done.wait(), timeout=max(left, 0.0))
+                await within(claim.done.wait(), max(left, 0.0))
             except asyncio.TimeoutError:
                 self.takeovers += 1
                 break
