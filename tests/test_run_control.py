@@ -304,6 +304,12 @@ def test_run_all_interrupted_keeps_finished_pairs_and_says_how_to_resume(
     assert "- **status**: complete" in (out / "results.md").read_text()
 
 
+def _as_in_a_terminal() -> None:
+    """The child's SIGINT handling as a terminal gives it, whatever the test process's own: a
+    child inherits an ignored SIGINT (and then rightly ignores Ctrl-C)."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def test_run_all_ctrl_c_exits_130_with_one_line(tmp_path: Path):
     """A real SIGINT to the main job, mid-run."""
     process = subprocess.Popen(
@@ -311,7 +317,7 @@ def test_run_all_ctrl_c_exits_130_with_one_line(tmp_path: Path):
          "gsm8k", "--out", str(tmp_path / "run"), "--max-train", "200", "--max-validation",
          "100"],
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-        env={**os.environ, "PYTHONUNBUFFERED": "1"})
+        env={**os.environ, "PYTHONUNBUFFERED": "1"}, preexec_fn=_as_in_a_terminal)
     assert process.stdout is not None
     deadline = time.monotonic() + 300
     while "== llmrouter-all-gsm8k" not in process.stdout.readline():

@@ -3,7 +3,7 @@
 ``asyncio.wait_for`` before Python 3.12 returns the result, and swallows the cancellation, when
 the task awaiting it is cancelled in the same loop iteration in which the awaited call completes
 (CPython gh-86296). With calls that complete at once — cache hits, replayed LLMs — that race is
-common, and a swallowed cancellation is a Ctrl-C that a run ignores: it carries on. On 3.11+
+common, and a swallowed cancellation is a Ctrl-C that a run may ignore: it carries on. On 3.11+
 :func:`within` uses ``asyncio.timeout``, which re-raises the cancellation; on 3.10 it falls back
 to ``wait_for``.
 """
