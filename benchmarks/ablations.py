@@ -32,7 +32,13 @@ from masr_graph.benchmarks.experiment.ablations import (
     AblationRun,
     data_variants,
 )
-from masr_graph.benchmarks.experiment.protocol import MASROUTER, Pair, PairRun, ProtocolSettings
+from masr_graph.benchmarks.experiment.protocol import (
+    MASROUTER,
+    Pair,
+    PairRun,
+    ProtocolSettings,
+    protocol_threads,
+)
 from masr_graph.benchmarks.experiment.wiring import open_runtime
 from masr_graph.benchmarks.reporting.ablations import ablation_markdown, ablations_json
 from masr_graph.benchmarks.reporting.protocol import pair_report
@@ -146,7 +152,8 @@ async def _run(args: argparse.Namespace) -> int:
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
     args = parse_args(argv)
-    return run_command("ablations.py", lambda: _run(args))
+    with protocol_threads():  # the routers it retrains must match run_all.py's
+        return run_command("ablations.py", lambda: _run(args))
 
 
 if __name__ == "__main__":

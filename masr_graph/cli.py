@@ -25,6 +25,7 @@ Exit status (the same for ``benchmarks/run_all.py``, see masr_graph.exit_status)
 from __future__ import annotations
 
 import argparse
+import contextlib
 import hashlib
 import json
 import logging
@@ -486,8 +487,16 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     logging.basicConfig(level=logging.WARNING, format="masr: %(levelname)s %(name)s: %(message)s")
     commands: dict[str, Any] = {"route": _route, "train": _train, "eval": _eval, "serve": _serve,
                                 "data": _data, "pool": _pool}
-    return run_command(f"masr {args.command}", lambda: commands[args.command](args),
-                       resumable=args.command in ("train", "eval"))
+    protocol = args.command in ("train", "eval")  # the protocol of run_all.py, same routers
+    with _protocol_threads() if protocol else contextlib.nullcontext():
+        return run_command(f"masr {args.command}", lambda: commands[args.command](args),
+                           resumable=protocol)
+
+
+def _protocol_threads() -> Any:
+    from .benchmarks.experiment.protocol import protocol_threads
+
+    return protocol_threads()
 
 
 if __name__ == "__main__":

@@ -374,3 +374,31 @@ def test_outputs_of_another_backend_are_not_resumed(tmp_path: Path, capsys):
     (line,) = [line for line in error_lines(capsys.readouterr().err) if not line.startswith("==")]
     assert line.startswith(f"run_all.py: error: {out / 'llmrouter-all-gsm8k'} holds outputs of a "
                            "different backend (collaboration_rule changed")
+
+
+def test_the_grid_trains_and_embeds_on_one_torch_thread_and_gives_the_callers_back(
+        tmp_path: Path, monkeypatch):
+    """The protocol's units run torch on one thread whatever the caller's setting (the thread
+    count changes torch's floats, so it must not depend on how the grid was started)."""
+    import torch
+
+    from masr_graph.benchmarks.experiment.protocol import PROTOCOL_TORCH_THREADS, PairRun
+
+    seen: list[int] = []
+    original = PairRun.router
+
+    def recording(self: Any, *args: Any, **kwargs: Any) -> Any:
+        seen.append(torch.get_num_threads())
+        return original(self, *args, **kwargs)
+
+    monkeypatch.setattr(PairRun, "router", recording)
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        status = run_all.main(["--world", "llmrouter", "--benchmarks", "gsm8k", "--out",
+                               str(tmp_path / "run"), *TINY])
+        assert status == 0
+        assert seen and set(seen) == {PROTOCOL_TORCH_THREADS}
+        assert torch.get_num_threads() == 2
+    finally:
+        torch.set_num_threads(before)

@@ -8,7 +8,7 @@ Scheduling is Ray's: one remote function runs any unit (:func:`_execute`, the sa
 and scoring are local work); :data:`ENDPOINT_CPUS` for those on real endpoints, which mostly
 wait on them — and with the object refs of the units it needs as arguments, so Ray starts it
 when they are done, on whichever node has room. A pair's library shards (one per CPU of the
-cluster when the grid starts), trainings and cells are submitted when its prepare returns (the
+cluster when the grid starts, at most one per team plan), trainings and cells are submitted when its prepare returns (the
 library decides the fixed-mode cells), longest units first. A killed worker or node takes its
 running units with it; Ray reruns them (``max_retries``) and a rerun resumes from what the lost
 attempt stored: every finished query is in the result store, every answered call in the shared
@@ -22,9 +22,8 @@ endpoints is the one database ``llm_cache.sqlite`` owned by an actor on the driv
 docs/ARCHITECTURE.md, "The grid on Ray"); recorded worlds' replies, which cost nothing and are
 the same on every host, and the score caches are cached per host (``llm_cache.sqlite`` and
 ``scores.sqlite`` on the driver's, ``<stem>-<host>.sqlite`` elsewhere), since SQLite's WAL must
-not be shared across hosts; each
-pair's embeddings are computed once by its prepare (``<pair>/embeddings.pt``) and read by every
-worker.
+not be shared across hosts; each pair's embeddings are computed once by its prepare
+(``<pair>/embeddings.pt``) and read by every worker.
 
 Budget. One :class:`~masr_graph.llm.shared.BudgetActor` for the grid: every attempt anywhere
 reserves its worst case there before it is sent and settles after, so the counted spend never
@@ -67,7 +66,6 @@ from .grid import (
     BUDGET,
     DONE,
     ERROR,
-    GRID_TORCH_THREADS,
     LIBRARY,
     PREPARE,
     SKIPPED,
@@ -80,9 +78,9 @@ from .grid import (
     pair_tasks,
     run_task,
     task_needs,
-    torch_threads,
 )
-from .protocol import ENDPOINTS, Pair, PairRun, ProtocolSettings
+from .library import library_shard
+from .protocol import ENDPOINTS, Pair, PairRun, ProtocolSettings, protocol_threads
 from .wiring import open_runtime
 
 ENDPOINT_CPUS = 0.25
@@ -219,7 +217,7 @@ def _execute(task: GridTask, ctx: GridContext, *needs: TaskOutcome) -> TaskOutco
     if blocked is not None:
         return TaskOutcome(task.name, task.kind, status=SKIPPED,
                            message=f"{blocked.name} did not finish ({blocked.status})")
-    with torch_threads(GRID_TORCH_THREADS):
+    with protocol_threads():
         return asyncio.run(_execute_async(task, ctx))
 
 
@@ -392,12 +390,15 @@ class _Driver:
             board=self.board, store=self.store, budget=self.budget, max_usd=max_usd,
             gates=self.gates)
         self.remote = ray.remote(_execute)
-        self.shards = max(1, int(ray.cluster_resources().get("CPU", 1)))
+        self.cpus = max(1, int(ray.cluster_resources().get("CPU", 1)))
+        self.shards: dict[str, int] = {}
+        """Per pair, its library's shards: one per CPU, at most one per team plan."""
         self.pending: dict[Any, GridTask] = {}
         self.refs: dict[str, Any] = {}
 
     def submit(self, task: GridTask, run: PairRun) -> None:
-        needs = [self.refs[name] for name in task_needs(task, run, self.shards)]
+        needs = [self.refs[name]
+                 for name in task_needs(task, run, self.shards.get(run.pair.name, 1))]
         ref = self.remote.options(
             num_cpus=task_cpus(task), max_retries=self.options.max_retries,
             retry_exceptions=False, name=task.name[:120],
@@ -455,7 +456,9 @@ class _Driver:
                            f"{len(run.data.validation)} validation / {len(run.data.test)} "
                            f"test queries, {len(run.llms)} LLMs, {len(run.library)} library "
                            f"plans ({outcome.ran} executions now)")
-            tasks = pair_tasks(run, self.shards)
+            shards = self.shards[run.pair.name] = max(1, min(
+                self.cpus, len(library_shard(run.library, 0, 1))))
+            tasks = pair_tasks(run, shards)
             self.view.add_total(len(tasks))
             # Longest first where Ray has a choice: the shards, then the trainings (each the
             # length of many cells), then the cells.

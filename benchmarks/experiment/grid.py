@@ -32,16 +32,14 @@ one summary line per finished one and a bar for the grid.
 """
 from __future__ import annotations
 
-import contextlib
 import json
 import time
 import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterator, Mapping, Optional, Sequence
+from typing import Any, Callable, Mapping, Optional, Sequence
 
 import numpy as np
-import torch
 
 from masr_graph.errors import BudgetExceeded, ConfigError
 from masr_graph.exit_status import BudgetStop
@@ -55,17 +53,13 @@ from ..reporting.protocol import PairReport, TargetCheck, pair_report, write_rep
 from ..reporting.results import QueryResult, RunStore
 from .baselines import SingleLLM
 from .library import library_shard, plan_key
-from .protocol import MASROUTER, ORACLE, Cell, Pair, PairRun, ProtocolSettings
+from .protocol import (MASROUTER, ORACLE, Cell, Pair, PairRun, ProtocolSettings,
+                       protocol_threads)
 from .wiring import Runtime, open_runtime, spending_text
 
 PREPARE, LIBRARY, TRAIN, CELL = "prepare", "library", "train", "cell"
 KINDS = (PREPARE, LIBRARY, TRAIN, CELL)
 DONE, BUDGET, ERROR, SKIPPED = "done", "budget", "error", "skipped"
-GRID_TORCH_THREADS = 1
-"""torch's threads in every unit, serial or on Ray (where a 1-CPU task gets one): torch's float
-reductions depend on the thread count, and 300 sampled training steps turn a 1e-7 difference into
-another router, so only one count for all makes a grid's numbers the same with and without Ray
-(measured: a training takes no longer on one thread than on two)."""
 Reporter = Callable[..., None]
 """``report(what=..., step=..., total=..., reward=..., usd=...)``: a running unit's progress."""
 
@@ -340,17 +334,6 @@ async def run_task(task: GridTask, run: PairRun, runtime: Runtime,
     return outcome
 
 
-@contextlib.contextmanager
-def torch_threads(count: int) -> Iterator[None]:
-    """torch's intra-op threads set to ``count`` for the block, then restored."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(count)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(before)
-
-
 def training_summary(curve_file: Path) -> dict[str, float]:
     """Best step and its mean validation utility from a training's ``.curve.json`` (empty when
     the file is missing)."""
@@ -509,7 +492,7 @@ async def run_grid(
                              unknown_outcome_cost=unknown_outcome_cost,
                              fail_fast_after=fail_fast_after)
         else:
-            with torch_threads(GRID_TORCH_THREADS):
+            with protocol_threads():
                 await _run_serial(pairs, settings, out, results=results, view=view,
                                   tracker=tracker, data_dir=data_dir, budget=results.budget,
                                   unknown_outcome_cost=unknown_outcome_cost,

@@ -32,13 +32,14 @@ trained routers — is built once by :class:`PairRun` and kept on disk.
 """
 from __future__ import annotations
 
+import contextlib
 import itertools
 import json
 import math
 import os
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any, Callable, Optional, Sequence
+from typing import Any, Callable, Iterator, Optional, Sequence
 
 import numpy as np
 import torch
@@ -84,9 +85,27 @@ SEEDED_ROUTERS = ("MLP router", "MF router")
 GROUPS = {MASROUTER: "MasRouter", BEST_FIXED: "best fixed plan", RANDOM: "baseline",
           ORACLE: "oracle", **{name: "single-agent router" for name in ROUTER_CLASSES}}
 ROUTER_CONFIG = RouterConfig(max_agents=5)
+PROTOCOL_TORCH_THREADS = 1
+"""torch's threads wherever the protocol embeds, trains or routes (:func:`protocol_threads`):
+its float reductions depend on the thread count, and 300 sampled training steps turn a 1e-7
+difference into another router, so one count everywhere makes one seed give one router — the
+grid's units serial or on Ray (where a 1-CPU task gets one thread anyway), ``ablations.py``,
+``masr train`` and ``masr eval`` alike. Measured: a serial training of llmrouter gsm8k takes
+64 s on one thread against 61 s on two."""
 MAX_VOTE_POOL = 5
 
 
+
+
+@contextlib.contextmanager
+def protocol_threads() -> Iterator[None]:
+    """torch on :data:`PROTOCOL_TORCH_THREADS` threads for the block, then as before."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(PROTOCOL_TORCH_THREADS)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
 
 
 @dataclass(frozen=True)

@@ -17,7 +17,8 @@ measured from the workers. Everything goes to ``<out>/bench_sweep.json`` as well
 On this kind of machine (2 cores) the ideal is bounded below 2×: Ray's own processes (raylet,
 GCS, the shared actors, the driver) take CPU from the same two cores, and each worker process
 loads torch, the encoder and the world before its first unit. Every unit, serial or on Ray,
-runs torch on one thread (``grid.GRID_TORCH_THREADS``), so both runs compute the same numbers.
+runs torch on one thread (``protocol.PROTOCOL_TORCH_THREADS``), so both runs compute the same
+numbers.
 """
 from __future__ import annotations
 
