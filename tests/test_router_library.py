@@ -133,3 +133,48 @@ def test_checkpoints_carry_the_library(tmp_path):
         assert torch.allclose(
             loaded.router.plan_log_probs(list(QUERIES[:2]), LIBRARY, vocab, cost_lambda=10.0),
             router.plan_log_probs(list(QUERIES[:2]), LIBRARY, vocab, cost_lambda=10.0))
+
+
+def _noisy_library_outcomes(seed: int, queries: int) -> LibraryOutcomes:
+    """40 costly plans of iid 60 % accuracy and one free plan of iid 64 %: the free plan is
+    truly best at any λ > 0, yet among 41 plans on a few hundred queries one costly plan is
+    nearly always luckier in sample."""
+    generator = torch.Generator().manual_seed(seed)
+    accuracy = torch.tensor([0.64] + [0.60] * 40)
+    correct = (torch.rand(queries, 41, generator=generator) < accuracy).float()
+    cost = torch.full((queries, 41), 0.002)
+    cost[:, 0] = 0.0
+    plans = tuple(Plan("IO", [MATH_ROLE], [CHEAP], task="math") for _ in range(41))
+    return LibraryOutcomes(plans, tuple(f"q{i}" for i in range(queries)), correct, cost)
+
+
+def test_the_fixed_plan_is_chosen_by_cross_validation_which_can_catch_a_lucky_costly_plan():
+    from masr_graph.router.library import choose_fixed_plan
+
+    pooled = _noisy_library_outcomes(0, 150)
+    train, validation = pooled.subset(range(100)), pooled.subset(range(100, 150))
+    in_sample = (pooled.correct - 10.0 * pooled.cost).mean(0)
+    assert int(in_sample.argmax()) != 0  # the best mean in sample is a lucky costly plan
+    choice = choose_fixed_plan(train, validation, 10.0)
+    assert choice.rule == "one standard error" and choice.index == 0
+    assert choice.cross_validated["one standard error"] > choice.cross_validated["best mean"]
+
+
+def test_a_clearly_better_costly_plan_is_kept_and_plans_not_run_everywhere_never_compete():
+    from masr_graph.router.library import choose_fixed_plan
+
+    queries = 60
+    correct = torch.zeros(queries, 3)
+    correct[:, 1] = 1.0  # the costly plan solves everything, the free one nothing
+    correct[:, 2] = 1.0
+    cost = torch.tensor([[0.0, 0.001, 0.0]]).repeat(queries, 1)
+    valid = torch.ones(queries, 3, dtype=torch.bool)
+    valid[0, 2] = False  # a free, perfect plan that was not run on one query
+    plans = LIBRARY[:3]
+    pooled = LibraryOutcomes(plans, tuple(f"q{i}" for i in range(queries)), correct, cost,
+                             valid=valid)
+    choice = choose_fixed_plan(pooled.subset(range(40)), pooled.subset(range(40, 60)), 100.0)
+    assert choice.index == 1 and choice.rule == "best mean"
+    assert choice.cross_validated["best mean"] == pytest.approx(1.0 - 100.0 * 0.001)
+    with pytest.raises(ConfigError, match="folds"):
+        choose_fixed_plan(pooled.subset(range(2)), pooled.subset(range(2, 3)), 0.0, folds=5)

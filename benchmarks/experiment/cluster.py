@@ -8,11 +8,11 @@ Scheduling is Ray's: one remote function runs any unit (:func:`_execute`, the sa
 and scoring are local work); :data:`ENDPOINT_CPUS` for those on real endpoints, which mostly
 wait on them — and with the object refs of the units it needs as arguments, so Ray starts it
 when they are done, on whichever node has room. A pair's library shards (one per CPU of the
-cluster when the grid starts, at most one per team plan), trainings and cells are submitted when its prepare returns (the
-library decides the fixed-mode cells), longest units first. A killed worker or node takes its
-running units with it; Ray reruns them (``max_retries``) and a rerun resumes from what the lost
-attempt stored: every finished query is in the result store, every answered call in the shared
-response cache, every settled call in the unit's ledger.
+cluster when the grid starts, at most one per team plan), trainings and cells are submitted
+when its prepare returns (the library decides the fixed-mode cells), longest units first. A
+killed worker or node takes its running units with it; Ray reruns them (``max_retries``) and a
+rerun resumes from what the lost attempt stored: every finished query is in the result store,
+every answered call in the shared response cache, every settled call in the unit's ledger.
 
 Where things go. Results, traces, checkpoints, library outcomes and ledgers are files under
 ``--out``, as without Ray, so on a multi-node cluster ``--out`` must be a shared file system

@@ -405,7 +405,9 @@ class PairRun:
             "gate": {f"{lam:g}": None if index is None else plan_key(self.library[index])
                      for lam, index in gate[self.domain].items()},
             "gate_evidence": {f"{lam:g}": {"router_validation_utility": e["router"],
-                                           "fixed_validation_utility": e["fixed"]}
+                                           "fixed_validation_utility": e["fixed"],
+                                           "fixed_plan": plan_key(self.library[e["fixed_plan"]]),
+                                           "fixed_rule": e["fixed_rule"]}
                               for lam, e in evidence.items()},
             "points": [{"step": p.step, "executions": p.executions,
                         "train_objective": p.train_objective,

@@ -79,7 +79,8 @@ class PairReport:
     middle_lambda: float = 0.0
     gate: dict[float, dict[str, Any]] = field(default_factory=dict)
     """Per λ, MasRouter's validation gate over its seeds: ``fixed_share`` (seeds where a fixed
-    plan beat the router on validation), mean ``router`` and ``fixed`` validation utility."""
+    plan beat the router on validation), mean ``router`` and ``fixed`` validation utility, and
+    ``rules``: how the fixed plan was picked (see :func:`masr_graph.router.choose_fixed_plan`)."""
 
     def score(self, method: str, cost_lambda: float) -> Optional[MethodScore]:
         for score in self.scores:
@@ -139,7 +140,7 @@ has exactly its front)."""
 
 def _gate_summary(run: PairRun) -> dict[float, dict[str, Any]]:
     """What MasRouter's validation gate decided per λ (from its seeds' curve files)."""
-    decided: dict[float, list[tuple[bool, float, float]]] = defaultdict(list)
+    decided: dict[float, list[tuple[bool, float, float, str]]] = defaultdict(list)
     for seed in run.settings.seeds:
         path = run.out / f"masrouter-seed{seed}.curve.json"
         if not path.exists():
@@ -148,10 +149,12 @@ def _gate_summary(run: PairRun) -> dict[float, dict[str, Any]]:
         for lam, entry in curve.get("gate_evidence", {}).items():
             decided[float(lam)].append((curve["gate"].get(lam) is not None,
                                         entry["router_validation_utility"],
-                                        entry["fixed_validation_utility"]))
+                                        entry["fixed_validation_utility"],
+                                        entry.get("fixed_rule", "best mean")))
     return {lam: {"fixed_share": float(np.mean([d[0] for d in rows])),
                   "router": float(np.mean([d[1] for d in rows])),
-                  "fixed": float(np.mean([d[2] for d in rows]))}
+                  "fixed": float(np.mean([d[2] for d in rows])),
+                  "rules": sorted({d[3] for d in rows})}
             for lam, rows in decided.items()}
 
 
@@ -250,7 +253,7 @@ def target_checks(reports: Sequence[PairReport]) -> list[TargetCheck]:
         one_plan = bool(gate) and gate["fixed_share"] == 1.0
         detail = f"{r.pair}: {dist['distinct_teams']} teams, top {dist['top_plan_share']:.0%}"
         if not ok and one_plan:
-            detail += (f" (one plan shown best: on validation the best fixed plan "
+            detail += (f" (one plan shown best: on validation the fixed plan "
                        f"{gate['fixed']:.3f} beat the per-query router {gate['router']:.3f} "
                        "on every seed)")
         varied.append((ok or one_plan, detail))
@@ -333,9 +336,11 @@ def report_markdown(reports: Sequence[PairReport], checks: Sequence[TargetCheck]
             f"{r.regret[lam]:+.4f}" if lam in r.regret else "–" for lam in lams) + " | | |")
         if r.gate:
             lines.append("| MasRouter's validation gate: share of seeds on the fixed plan "
-                         "(validation utility: fixed vs router) | " + " | ".join(
+                         "(validation utility: fixed vs router; the fixed plan's rule) | "
+                         + " | ".join(
                              f"{r.gate[lam]['fixed_share']:.0%} ({r.gate[lam]['fixed']:.3f} vs "
-                             f"{r.gate[lam]['router']:.3f})" if lam in r.gate else "–"
+                             f"{r.gate[lam]['router']:.3f}; {', '.join(r.gate[lam]['rules'])})"
+                             if lam in r.gate else "–"
                              for lam in lams) + " | | |")
         lines.append("")
         fixed = sorted((s for s in r.scores if s.lambda_independent
