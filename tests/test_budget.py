@@ -4,12 +4,13 @@ for free, and unknown-outcome attempts held at their worst case."""
 from __future__ import annotations
 
 import asyncio
+from functools import partial
 from typing import Any
 
 import pytest
 
 from loopback_server import LoopbackServer, count_tokens
-from pool_support import user
+from pool_support import loopback_spec, user
 from masr_graph.errors import BudgetExceeded, LLMCallError
 from masr_graph.llm import (
     Budget,
@@ -26,17 +27,7 @@ from masr_graph.llm import (
 PRICE = 1000.0  # $ per 1M tokens, so one token costs $0.001
 
 
-def spec_for(srv: LoopbackServer, **overrides: Any) -> LLMSpec:
-    fields: dict[str, Any] = dict(
-        name="m",
-        model="model-m",
-        base_url=srv.base_url,
-        price_in=PRICE,
-        price_out=PRICE,
-        description="loopback model",
-    )
-    fields.update(overrides)
-    return LLMSpec(**fields)
+spec_for = partial(loopback_spec, price_in=PRICE, price_out=PRICE)
 
 
 # ------------------------------------------------------------------------------ Budget itself

@@ -8,13 +8,14 @@ import asyncio
 import logging
 import os
 import re
+from functools import partial
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 from loopback_server import LoopbackServer
-from pool_support import fast_pool, user
+from pool_support import fast_pool, loopback_spec, user
 from masr_graph.errors import ConfigError, LLMCallError, UnknownLLMError
 from masr_graph.llm import (
     CallContext,
@@ -33,18 +34,7 @@ from masr_graph.llm import (
 PRICE_IN, PRICE_OUT = 2.0, 8.0  # $ per 1M tokens
 
 
-def spec_for(srv: LoopbackServer, name: str = "m", **overrides: Any) -> LLMSpec:
-    fields: dict[str, Any] = dict(
-        name=name,
-        model=f"model-{name}",
-        base_url=srv.base_url,
-        price_in=PRICE_IN,
-        price_out=PRICE_OUT,
-        description="loopback model",
-        timeout_s=2.0,
-    )
-    fields.update(overrides)
-    return LLMSpec(**fields)
+spec_for = partial(loopback_spec, price_in=PRICE_IN, price_out=PRICE_OUT, timeout_s=2.0)
 
 
 def server_cost(prompt_words: int, reply_words: int, messages: int = 1) -> float:

@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import json
 import re
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -14,7 +15,7 @@ import pytest
 import yaml
 
 from loopback_server import LoopbackServer
-from pool_support import user
+from pool_support import loopback_spec, user
 from masr_graph.benchmarks import run_all
 from masr_graph.errors import BudgetExceeded, LLMCallError
 from masr_graph.llm import (
@@ -22,7 +23,6 @@ from masr_graph.llm import (
     CallContext,
     Ledger,
     LLMPool,
-    LLMSpec,
     prompt_tokens_upper_bound,
 )
 
@@ -31,11 +31,7 @@ UNKNOWN_OUTCOME_FAULTS = ("hang", "badjson", "no_choices", "drop")  # may be bil
 MAX_TOKENS = 64
 
 
-def spec_for(srv: LoopbackServer, **overrides: Any) -> LLMSpec:
-    fields: dict[str, Any] = dict(name="m", model="m", base_url=srv.base_url, price_in=PRICE,
-                                  price_out=PRICE, description="loopback model", timeout_s=0.3)
-    fields.update(overrides)
-    return LLMSpec(**fields)
+spec_for = partial(loopback_spec, model="m", price_in=PRICE, price_out=PRICE, timeout_s=0.3)
 
 
 async def _many_calls(pool: LLMPool, n: int) -> list[Any]:

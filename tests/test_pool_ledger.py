@@ -15,17 +15,13 @@ from typing import Any
 
 import pytest
 from loopback_server import LoopbackServer
-from pool_support import user
+from pool_support import loopback_spec, user
 
 from masr_graph.errors import BudgetExceeded, CircuitOpenError, LLMCallError
-from masr_graph.llm import Budget, CallContext, Ledger, LLMPool, LLMSpec, ResponseCache
+from masr_graph.llm import Budget, CallContext, Ledger, LLMPool, ResponseCache
 
 
-def spec_for(srv: LoopbackServer, **overrides: Any) -> LLMSpec:
-    fields: dict[str, Any] = dict(name="m", model="model-m", base_url=srv.base_url,
-                                  price_in=3.0, price_out=15.0, description="loopback model")
-    fields.update(overrides)
-    return LLMSpec(**fields)
+spec_for = loopback_spec
 
 
 def on_disk(path: Path) -> list[Any]:

@@ -8,26 +8,22 @@ from __future__ import annotations
 import asyncio
 import re
 import time
-from typing import Any, Sequence
+from functools import partial
+from typing import Sequence
 
 import pytest
 from loopback_server import LoopbackServer, ReceivedRequest
-from pool_support import fast_pool, user
+from pool_support import fast_pool, loopback_spec, user
 
 from masr_graph.errors import CircuitOpenError, LLMCallError, LLMUnavailableError
-from masr_graph.llm import Budget, EndpointHealth, LLMPool, LLMSpec
+from masr_graph.llm import Budget, EndpointHealth, LLMPool
 from masr_graph.llm.health import EndpointRefusal
 
 # A request the client sent just before it read the 429 may reach the server just after it.
 IN_FLIGHT_TOLERANCE_S = 0.04
 
 
-def spec_for(srv: LoopbackServer, name: str = "m", **overrides: Any) -> LLMSpec:
-    fields: dict[str, Any] = dict(name=name, model=f"model-{name}", base_url=srv.base_url,
-                                  price_in=2.0, price_out=8.0, description="loopback model",
-                                  timeout_s=5.0)
-    fields.update(overrides)
-    return LLMSpec(**fields)
+spec_for = partial(loopback_spec, price_in=2.0, price_out=8.0, timeout_s=5.0)
 
 
 def arrived_during(received: Sequence[ReceivedRequest], start: float, end: float
