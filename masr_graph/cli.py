@@ -335,6 +335,7 @@ def _route(args: argparse.Namespace) -> int:
 async def _train(args: argparse.Namespace) -> int:
     from .benchmarks.experiment import open_runtime
     from .llm import notional_note
+    from .router.library import PLAN_OUTCOMES
 
     if args.checkpoint.exists():
         print(f"{args.checkpoint} exists; it is reported, not retrained (write to another "
@@ -361,9 +362,10 @@ async def _train(args: argparse.Namespace) -> int:
           f"{args.checkpoint}")
     for lam in sorted(gate):
         fixed = policy.fixed_plan(run.domain, lam)
-        print(f"  λ={lam:g}: " + ("routes per query" if fixed is None else
-                                  f"fixed plan (it beat the router on validation): {fixed.mode} "
-                                  f"{list(fixed.llms)}"))
+        print(f"  λ={lam:g}: " + (
+            f"fixed plan (it beat the router on validation): {fixed.mode} {list(fixed.llms)}"
+            if fixed is not None else "routes per query by the plan outcome model (it beat the "
+            "router on validation)" if gate[lam] == PLAN_OUTCOMES else "routes per query"))
     print(f"{_spent(runtime)}{f' ({note})' if note and note not in _spent(runtime) else ''}")
     return 0
 

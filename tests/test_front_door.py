@@ -104,7 +104,8 @@ def test_run_executes_the_plan_route_chooses(mas: MAS, trained: Trained) -> None
             assert Plan.from_dict(result.trace.plan) == plan
             assert result.ok and result.answer == result.trace.final_answer != ""
             steps = result.steps
-            assert result.calls == len(steps) >= plan.k
+            # an escalation stops at the first agent whose answer it accepts
+            assert result.calls == len(steps) >= (1 if plan.mode == "Escalation" else plan.k)
             assert result.cost_usd == pytest.approx(sum(s.cost_usd for s in steps))
             assert result.prompt_tokens == sum(s.prompt_tokens for s in steps) > 0
             assert result.completion_tokens == sum(s.completion_tokens for s in steps) > 0

@@ -6,16 +6,22 @@ from __future__ import annotations
 
 import pytest
 import torch
+import torch.nn.functional as F
 
 from masr_graph.errors import ConfigError, RoutingError
 from masr_graph.plan import Plan
 from masr_graph.router import MasRouter, RouterConfig, load_checkpoint, save_checkpoint
 from masr_graph.router.library import (
+    FIXED_PLAN_RULES,
+    PLAN_OUTCOMES,
     LibraryConfig,
     LibraryOutcomes,
+    LibraryPolicy,
     LibraryTrainer,
+    choose_fallbacks,
     validation_utility,
 )
+from masr_graph.router.plan_outcomes import PlanOutcomeModel
 
 from router_support import QUERIES, one_torch_thread, shared_encoder, small_vocab
 
@@ -148,21 +154,29 @@ def _noisy_library_outcomes(seed: int, queries: int) -> LibraryOutcomes:
     return LibraryOutcomes(plans, tuple(f"q{i}" for i in range(queries)), correct, cost)
 
 
-def test_the_fixed_plan_is_chosen_by_cross_validation_which_can_catch_a_lucky_costly_plan():
-    from masr_graph.router.library import choose_fixed_plan
+def _embeddings(queries: int, seed: int = 0) -> torch.Tensor:
+    return F.normalize(torch.randn(queries, 16, generator=torch.Generator().manual_seed(seed)),
+                       dim=-1)
 
+
+def test_cross_validation_can_catch_a_lucky_costly_plan_where_the_text_says_nothing():
     pooled = _noisy_library_outcomes(0, 150)
     train, validation = pooled.subset(range(100)), pooled.subset(range(100, 150))
     in_sample = (pooled.correct - 10.0 * pooled.cost).mean(0)
     assert int(in_sample.argmax()) != 0  # the best mean in sample is a lucky costly plan
-    choice = choose_fixed_plan(train, validation, 10.0)
-    assert choice.rule == "one standard error" and choice.index == 0
+    silent = torch.zeros(150, 16)  # embeddings that tell the queries apart in no way
+    choice = choose_fallbacks(train, validation, silent, [10.0]).by_lambda[10.0]
+    assert choice.rule == "one standard error" and choice.plan == 0
+    # with no signal, the outcome model is the plans' base rates: the best mean again
+    assert choice.cross_validated[f"{PLAN_OUTCOMES} C=0.3"] == pytest.approx(
+        choice.cross_validated["best mean"])
     assert choice.cross_validated["one standard error"] > choice.cross_validated["best mean"]
+    assert choice.held_out.shape == (150,)
+    assert float(choice.held_out.mean()) == pytest.approx(
+        choice.cross_validated["one standard error"])
 
 
 def test_a_clearly_better_costly_plan_is_kept_and_plans_not_run_everywhere_never_compete():
-    from masr_graph.router.library import choose_fixed_plan
-
     queries = 60
     correct = torch.zeros(queries, 3)
     correct[:, 1] = 1.0  # the costly plan solves everything, the free one nothing
@@ -170,11 +184,80 @@ def test_a_clearly_better_costly_plan_is_kept_and_plans_not_run_everywhere_never
     cost = torch.tensor([[0.0, 0.001, 0.0]]).repeat(queries, 1)
     valid = torch.ones(queries, 3, dtype=torch.bool)
     valid[0, 2] = False  # a free, perfect plan that was not run on one query
-    plans = LIBRARY[:3]
-    pooled = LibraryOutcomes(plans, tuple(f"q{i}" for i in range(queries)), correct, cost,
+    pooled = LibraryOutcomes(LIBRARY[:3], tuple(f"q{i}" for i in range(queries)), correct, cost,
                              valid=valid)
-    choice = choose_fixed_plan(pooled.subset(range(40)), pooled.subset(range(40, 60)), 100.0)
-    assert choice.index == 1 and choice.rule == "best mean"
+    fallbacks = choose_fallbacks(pooled.subset(range(40)), pooled.subset(range(40, 60)),
+                                 _embeddings(queries), [100.0])
+    choice = fallbacks.by_lambda[100.0]
+    assert choice.plan == 1 and choice.rule == "best mean"
     assert choice.cross_validated["best mean"] == pytest.approx(1.0 - 100.0 * 0.001)
+    assert not bool(fallbacks.outcome_model.runnable[2])
+    assert set(fallbacks.outcome_model.choose(_embeddings(5, seed=1), 0.0).tolist()) == {1}
     with pytest.raises(ConfigError, match="folds"):
-        choose_fixed_plan(pooled.subset(range(2)), pooled.subset(range(2, 3)), 0.0, folds=5)
+        choose_fallbacks(pooled.subset(range(2)), pooled.subset(range(2, 3)),
+                         _embeddings(3), [0.0], folds=5)
+
+
+def _split_by_topic(queries: int, seed: int = 0) -> tuple[torch.Tensor, LibraryOutcomes]:
+    """Two topics the embedding shows (its first coordinate, ±1; the others are noise): the
+    cheap plan solves topic A, the costly one topic B, a team both at a high price."""
+    embeddings = _embeddings(queries, seed)
+    topic_b = embeddings[:, 0] > 0
+    embeddings[:, 0] = topic_b.float() * 2 - 1
+    correct = torch.stack([(~topic_b).float(), topic_b.float(), torch.ones(queries)], 1)
+    cost = torch.tensor([[1e-5, 1e-4, 1e-3]]).repeat(queries, 1)
+    return embeddings, LibraryOutcomes(LIBRARY[:3], tuple(f"q{i}" for i in range(queries)),
+                                       correct, cost)
+
+
+def test_the_plan_outcome_model_routes_each_topic_to_its_plan_and_follows_lambda():
+    embeddings, outcomes = _split_by_topic(200)
+    model = PlanOutcomeModel.fit(embeddings, outcomes.correct, outcomes.cost, regularisation=3.0)
+    test_embeddings, test = _split_by_topic(100, seed=1)
+    chosen = model.choose(test_embeddings, 100.0)
+    topic_b = test.correct[:, 1].bool()
+    assert (chosen[~topic_b] == 0).float().mean() > 0.9
+    assert (chosen[topic_b] == 1).float().mean() > 0.9
+    assert set(model.choose(test_embeddings, 0.0).tolist()) == {2}  # cost ignored: the team
+    # strong regularisation: base rates only, one plan for every query
+    flat = PlanOutcomeModel.fit(embeddings, outcomes.correct, outcomes.cost,
+                                regularisation=1e-6)
+    assert len(set(flat.choose(test_embeddings, 100.0).tolist())) == 1
+    copy = PlanOutcomeModel.from_dict(model.to_dict())
+    assert torch.equal(copy.choose(test_embeddings, 100.0), chosen)
+    assert torch.equal(model.subset([1, 0]).choose(test_embeddings, 100.0), 1 - chosen)
+
+
+def test_where_the_text_predicts_the_plan_the_fallback_routes_per_query():
+    embeddings, pooled = _split_by_topic(300)
+    fallbacks = choose_fallbacks(pooled.subset(range(200)), pooled.subset(range(200, 300)),
+                                 embeddings, [100.0, 1e6])
+    assert fallbacks.by_lambda[100.0].rule == PLAN_OUTCOMES
+    assert fallbacks.by_lambda[100.0].plan is None
+    # at a λ where only the cheapest plan can pay, a constant is as good and is kept
+    assert fallbacks.by_lambda[1e6].rule in FIXED_PLAN_RULES
+
+
+def test_a_policy_routes_by_plan_outcomes_where_its_gate_says_and_keeps_it_in_checkpoints(
+        tmp_path):
+    router, vocab = make_router(), small_vocab()
+    queries = list(QUERIES[:4])
+    embedded = router.embed_queries(queries)
+    # plan i is predicted to solve the queries most like query i (i < 3), at equal costs
+    library = LIBRARY[:3]
+    model = PlanOutcomeModel(8.0 * embedded[:3], torch.zeros(3), torch.full((3,), 1e-4),
+                             torch.ones(3, dtype=torch.bool), 1.0)
+    gate = {"math": {100.0: PLAN_OUTCOMES, 1e6: 0}}
+    path = save_checkpoint(tmp_path / "r.pt", router, vocab, library=library, gate=gate,
+                           outcome_models={"math": model})
+    policy = LibraryPolicy.from_checkpoint(path, encoder=shared_encoder())
+    plans = policy.route(queries, 100.0)
+    assert [library.index(p) for p in plans[:3]] == [0, 1, 2]
+    assert all("plan outcome model" in p.probs["gate"] for p in plans)
+    assert all(p == library[0] for p in policy.route(queries, 1e6))
+    # without the strong LLM, plans using it are never chosen; the others still are
+    restricted = policy.restricted_to([CHEAP, OTHER])
+    assert [p for p in restricted.route(queries[:1], 100.0)] == [library[0]]
+    assert all(STRONG not in p.llms for p in restricted.route(queries, 100.0))
+    with pytest.raises(ConfigError, match="no outcome model"):
+        LibraryPolicy(router, vocab, library, gate)

@@ -260,7 +260,7 @@ class AblationRun:
             train = train.subset(range(min(variant.train_queries, len(train.queries))))
         if path.exists():
             loaded = load_checkpoint(path, encoder=run.encoder)
-            router, gate = loaded.router, loaded.gate
+            router, gate, models = loaded.router, loaded.gate, loaded.outcome_models
         else:
             torch.manual_seed(seed)
             router = MasRouter(replace(ROUTER_CONFIG, **variant.router), encoder=run.encoder)
@@ -270,8 +270,10 @@ class AblationRun:
             trainer = LibraryTrainer(router, vocab, train,
                                      validation if variant.model_selection else None, config)
             history = trainer.fit()
-            gate = {run.domain: validation_gate(router, vocab, train, validation, lambdas)}
-            save_checkpoint(path, router, vocab, library=train.plans, gate=gate)
+            task_gate, outcome_model = validation_gate(router, vocab, train, validation, lambdas)
+            gate, models = {run.domain: task_gate}, {run.domain: outcome_model}
+            save_checkpoint(path, router, vocab, library=train.plans, gate=gate,
+                            outcome_models=models)
             path.with_suffix(".curve.json").write_text(json.dumps({
                 "best_step": trainer.best_step, "executions": train.executions
                 + validation.executions,
@@ -282,7 +284,8 @@ class AblationRun:
             return _GreedyPolicy(router, run.vocab)
         # The inductive router routes over the whole pool: every plan, the held-out LLM's too.
         return LibraryPolicy(router, run.vocab, run.library if variant.without_best_llm
-                             else train.plans, gate if variant.gate else None)
+                             else train.plans, gate if variant.gate else None,
+                             outcome_models=models if variant.gate else None)
 
     async def _policy_gradient(self, variant: Variant, seed: int, pipeline: Pipeline) -> Any:
         """The paper's REINFORCE training on live executions (steps matched to the library's

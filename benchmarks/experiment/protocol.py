@@ -56,6 +56,7 @@ from masr_graph.router.library import (
     LibraryPolicy,
     LibraryTrainer,
     gate_evidence,
+    gate_from_evidence,
 )
 
 from ..reporting.results import QueryResult, RunStore
@@ -387,7 +388,7 @@ class PairRun:
         if path.exists():
             loaded = load_checkpoint(path, encoder=self.encoder)
             return LibraryPolicy(loaded.router, self.vocab, loaded.library, loaded.gate,
-                                 loaded.origin)
+                                 loaded.origin, loaded.outcome_models)
         train, validation = self._require_prepared()
         torch.manual_seed(seed)
         router = MasRouter(ROUTER_CONFIG, encoder=self.encoder)
@@ -395,25 +396,29 @@ class PairRun:
             lambdas=self.settings.lambdas, steps=self.settings.router_steps, seed=seed,
             temperature=self.settings.router_temperature))
         history = trainer.fit(on_step=on_step)
-        evidence = gate_evidence(router, self.vocab, train, validation, self.settings.lambdas)
-        gate = {self.domain: {lam: None if e["router"] >= e["fixed"] else int(e["fixed_plan"])
-                              for lam, e in evidence.items()}}
+        evidence, outcome_model = gate_evidence(router, self.vocab, train, validation,
+                                                self.settings.lambdas)
+        gate = {self.domain: gate_from_evidence(evidence)}
+        models = {self.domain: outcome_model}
         origin = self.origin(seed)
-        save_checkpoint(path, router, self.vocab, library=self.library, gate=gate, origin=origin)
+        save_checkpoint(path, router, self.vocab, library=self.library, gate=gate,
+                        outcome_models=models, origin=origin)
         path.with_suffix(".curve.json").write_text(json.dumps({
             "best_step": trainer.best_step,
-            "gate": {f"{lam:g}": None if index is None else plan_key(self.library[index])
-                     for lam, index in gate[self.domain].items()},
+            "gate": {f"{lam:g}": plan_key(self.library[entry]) if isinstance(entry, int)
+                     else entry for lam, entry in gate[self.domain].items()},
             "gate_evidence": {f"{lam:g}": {"router_validation_utility": e["router"],
                                            "fixed_validation_utility": e["fixed"],
-                                           "fixed_plan": plan_key(self.library[e["fixed_plan"]]),
-                                           "fixed_rule": e["fixed_rule"]}
+                                           "fixed_plan": None if e["fixed_plan"] is None
+                                           else plan_key(self.library[e["fixed_plan"]]),
+                                           "fixed_rule": e["fixed_rule"],
+                                           "cross_validated": e["cross_validated"]}
                               for lam, e in evidence.items()},
             "points": [{"step": p.step, "executions": p.executions,
                         "train_objective": p.train_objective,
                         "validation_utility": p.validation_utility} for p in history],
         }, indent=1))
-        return LibraryPolicy(router, self.vocab, self.library, gate, origin)
+        return LibraryPolicy(router, self.vocab, self.library, gate, origin, models)
 
     def origin(self, seed: int) -> dict[str, Any]:
         """What MasRouter of ``seed`` is trained on, stored in its checkpoint (see

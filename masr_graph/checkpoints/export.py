@@ -238,7 +238,8 @@ def export_checkpoint(source: Path, target: Path, origin: dict[str, Any],
     if not loaded.library:
         raise ConfigError(f"checkpoint {source} holds no plan library; nothing to ship")
     merged = {**origin, **(loaded.origin or {})}
-    original = LibraryPolicy(loaded.router, loaded.vocab, loaded.library, loaded.gate, merged)
+    original = LibraryPolicy(loaded.router, loaded.vocab, loaded.library, loaded.gate, merged,
+                             loaded.outcome_models)
     grid = sorted({float(lam) for lam in lambdas}
                   | {float(lam) for by_lambda in (loaded.gate or {}).values()
                      for lam in by_lambda})
@@ -251,7 +252,8 @@ def export_checkpoint(source: Path, target: Path, origin: dict[str, Any],
 
     def write(path: Path, dtype: Optional[torch.dtype]) -> None:
         save_checkpoint(path, loaded.router, loaded.vocab, library=loaded.library,
-                        gate=loaded.gate, origin=merged, weights_dtype=dtype,
+                        gate=loaded.gate, outcome_models=loaded.outcome_models,
+                        origin=merged, weights_dtype=dtype,
                         full_precision=kept)
 
     write(candidate, torch.float16)

@@ -17,7 +17,7 @@ split seed, the training seed and the training-set size), written by the protoco
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Collection, Optional, Sequence, Union
 
@@ -27,12 +27,14 @@ from ..errors import ConfigError
 from ..plan import Plan
 from .controller import MasRouter, RouterConfig
 from .encoder import TextEncoder
+from .plan_outcomes import PlanOutcomeModel
 from .vocab import NodeVocab
 
 FORMAT_VERSION = 2
 """Version 2 added the plan library; version-1 files (no library) are still read. The optional
 ``origin`` entry and float16 weights need no new version: older readers ignore the one and cast
-the other on ``load_state_dict``."""
+the other on ``load_state_dict``. Nor do ``outcome_models``: files without them read as before,
+but a gate naming ``"plan outcomes"`` is refused by readers older than that entry."""
 
 ORIGIN_KEYS = ("world", "pool", "benchmark", "rule", "split_seed", "seed", "train_size")
 """What a checkpoint's ``origin`` records (an origin may hold more, e.g. ``validation_size``,
@@ -53,7 +55,10 @@ class Checkpoint:
         library: the candidate plans the router was trained to choose among (empty when it
             decodes stage by stage).
         gate: the validation gate of :class:`~masr_graph.router.library.LibraryPolicy`
-            (``{task: {λ: None or library plan index}}``).
+            (``{task: {λ: None, a library plan index or "plan outcomes"}}``).
+        outcome_models: ``{task: plan outcome model}`` that gate entries ``"plan outcomes"``
+            route with (:class:`~masr_graph.router.plan_outcomes.PlanOutcomeModel`), empty when
+            none.
         origin: what the router was trained on (:data:`ORIGIN_KEYS`), or ``None`` for a
             checkpoint written without it (older files, routers trained outside the protocol).
         weights_dtype: the dtype the weights were stored in (``"float32"``, or ``"float16"`` for
@@ -64,9 +69,10 @@ class Checkpoint:
     vocab: NodeVocab
     trainer_state: Optional[dict[str, Any]]
     library: tuple[Plan, ...] = ()
-    gate: Optional[dict[str, dict[float, Optional[int]]]] = None
+    gate: Optional[dict[str, dict[float, Union[None, int, str]]]] = None
     origin: Optional[dict[str, Any]] = None
     weights_dtype: str = "float32"
+    outcome_models: dict[str, PlanOutcomeModel] = field(default_factory=dict)
 
 
 def save_checkpoint(
@@ -76,7 +82,8 @@ def save_checkpoint(
     *,
     trainer_state: Optional[dict[str, Any]] = None,
     library: Sequence[Plan] = (),
-    gate: Optional[dict[str, dict[float, Optional[int]]]] = None,
+    gate: Optional[dict[str, dict[float, Union[None, int, str]]]] = None,
+    outcome_models: Optional[dict[str, PlanOutcomeModel]] = None,
     origin: Optional[dict[str, Any]] = None,
     weights_dtype: Optional[torch.dtype] = None,
     full_precision: Collection[str] = (),
@@ -84,6 +91,7 @@ def save_checkpoint(
     """Write a checkpoint atomically (a crash never leaves a half-written file).
 
     Args:
+        outcome_models: the plan outcome models the gate names, per task (kept in float32).
         origin: what the router was trained on (:data:`ORIGIN_KEYS`; plain data only).
         weights_dtype: store the floating-point weights in this dtype (``torch.float16`` halves
             the file); ``None`` keeps the router's own.
@@ -108,6 +116,7 @@ def save_checkpoint(
         "trainer": trainer_state,
         "library": [plan.to_dict() for plan in library],
         "gate": gate,
+        "outcome_models": {task: model.to_dict() for task, model in (outcome_models or {}).items()},
     }
     if origin is not None:
         payload["origin"] = dict(origin)
@@ -165,6 +174,8 @@ def load_checkpoint(
         trainer_state=payload["trainer"],
         library=tuple(Plan.from_dict(plan) for plan in payload.get("library", ())),
         gate=payload.get("gate"),
+        outcome_models={task: PlanOutcomeModel.from_dict(data)
+                        for task, data in (payload.get("outcome_models") or {}).items()},
         origin=dict(origin) if isinstance(origin, dict) else None,
         weights_dtype=",".join(dtypes) or "float32",
     )

@@ -36,6 +36,7 @@ from ..plan import Plan
 from .checkpoint import load_checkpoint
 from .controller import MasRouter
 from .encoder import TextEncoder
+from .plan_outcomes import PlanOutcomeModel
 from .vocab import NodeVocab
 
 
@@ -300,46 +301,68 @@ class LibraryTrainer:
         return self.history
 
 
+GateEntry = Union[None, int, str]
+"""A gate's decision at one λ: ``None`` (the router's own plan), a library plan's index (that
+constant plan) or :data:`PLAN_OUTCOMES` (the plan outcome model's per-query choice)."""
+
+
 class LibraryPolicy:
     """A trained router with its plan library and its validation gate: what routes a query.
 
     Each query goes to its most probable library plan (which also settles its task, since every
-    plan serves one). Then, for that task and the λ of the request, the gate holds either
-    ``None`` — keep the router's choice — or the fixed library plan that beat the router on the
-    validation queries at that λ (model selection among the router and the constant policies:
-    where the query text carries no usable signal, the best a router can do is the best fixed
-    plan). A λ between the trained ones uses the gate of the nearest (on a ``log(1 + λ)``
-    scale).
+    plan serves one). Then, for that task and the λ of the request, the gate holds what won on
+    the validation queries at that λ (:func:`validation_gate`): ``None`` — keep the router's
+    choice — or the router's fallback that beat it: a constant library plan, or
+    :data:`PLAN_OUTCOMES`, per-query choice by the task's :class:`PlanOutcomeModel` (exact in
+    λ). Where the query text carries no usable signal the best a router can do is the best
+    constant plan, so the constant policies are always candidates. A λ between the trained ones
+    uses the gate of the nearest (on a ``log(1 + λ)`` scale).
 
     Args:
         router: the trained router.
         vocab: the vocabulary to route over.
         library: the candidate plans.
-        gate: ``{task: {λ: None or index of a library plan}}``; empty: always route.
+        gate: ``{task: {λ: GateEntry}}``; empty: always route.
         origin: what the router was trained on (see
             :data:`masr_graph.router.checkpoint.ORIGIN_KEYS`), ``None`` when unknown.
+        outcome_models: ``{task: PlanOutcomeModel}`` over ``library``, for the gate entries
+            :data:`PLAN_OUTCOMES`.
+
+    Raises:
+        ConfigError: a gate entry naming a plan of another task or outside the library, or
+            :data:`PLAN_OUTCOMES` for a task without an outcome model of this library's size.
     """
 
     def __init__(self, router: MasRouter, vocab: NodeVocab, library: Sequence[Plan],
-                 gate: Optional[dict[str, dict[float, Optional[int]]]] = None,
-                 origin: Optional[dict] = None):
+                 gate: Optional[dict[str, dict[float, GateEntry]]] = None,
+                 origin: Optional[dict] = None,
+                 outcome_models: Optional[dict[str, PlanOutcomeModel]] = None):
         self.router, self.vocab = router, vocab
         self.origin = dict(origin) if origin is not None else None
         self.library = tuple(library)
         self.gate = {task: dict(by_lambda) for task, by_lambda in (gate or {}).items()}
+        self.outcome_models = dict(outcome_models or {})
         for task, by_lambda in self.gate.items():
-            for lam, index in by_lambda.items():
-                if index is not None and not (0 <= index < len(self.library)
-                                              and self.library[index].task == task):
-                    raise ConfigError(f"gate of {task} at λ={lam:g} names plan {index}, which "
+            for lam, entry in by_lambda.items():
+                if entry == PLAN_OUTCOMES:
+                    model = self.outcome_models.get(task)
+                    if model is None or model.weight.size(0) != len(self.library):
+                        raise ConfigError(f"gate of {task} at λ={lam:g} routes by plan outcomes"
+                                          f" but the policy has no outcome model of its "
+                                          f"{len(self.library)} plans for {task}")
+                elif entry is not None and not (isinstance(entry, int)
+                                                and 0 <= entry < len(self.library)
+                                                and self.library[entry].task == task):
+                    raise ConfigError(f"gate of {task} at λ={lam:g} names plan {entry!r}, which "
                                       f"is not a {task} plan of the {len(self.library)}-plan "
                                       "library")
 
     @classmethod
     def from_checkpoint(cls, path: Union[str, Path], *, encoder: Optional[TextEncoder] = None
                         ) -> "LibraryPolicy":
-        """The policy a checkpoint holds: its router, its own vocabulary, library, gate and
-        origin (what ``masr route``, ``masr serve`` and :class:`masr_graph.MAS` route with).
+        """The policy a checkpoint holds: its router, its own vocabulary, library, gate, outcome
+        models and origin (what ``masr route``, ``masr serve`` and :class:`masr_graph.MAS`
+        route with).
 
         Args:
             path: a checkpoint written by ``masr train`` or ``benchmarks/run_all.py``.
@@ -352,16 +375,22 @@ class LibraryPolicy:
         if not loaded.library:
             raise ConfigError(f"checkpoint {path} holds no plan library; train it with "
                               "`masr train` (or benchmarks/run_all.py)")
-        return cls(loaded.router, loaded.vocab, loaded.library, loaded.gate, loaded.origin)
+        return cls(loaded.router, loaded.vocab, loaded.library, loaded.gate, loaded.origin,
+                   loaded.outcome_models)
 
-    def fixed_plan(self, task: Optional[str], cost_lambda: float) -> Optional[Plan]:
-        """The gate's fixed plan for ``task`` at ``cost_lambda`` (``None``: keep the router's)."""
+    def gate_entry(self, task: Optional[str], cost_lambda: float) -> GateEntry:
+        """The gate's decision for ``task`` at the trained λ nearest ``cost_lambda``."""
         by_lambda = self.gate.get(task or "")
         if not by_lambda:
             return None
         nearest = min(by_lambda, key=lambda lam: abs(math.log1p(lam) - math.log1p(cost_lambda)))
-        index = by_lambda[nearest]
-        return None if index is None else self.library[index]
+        return by_lambda[nearest]
+
+    def fixed_plan(self, task: Optional[str], cost_lambda: float) -> Optional[Plan]:
+        """The gate's constant plan for ``task`` at ``cost_lambda`` (``None``: the router's or
+        the plan outcome model's per-query choice)."""
+        entry = self.gate_entry(task, cost_lambda)
+        return self.library[entry] if isinstance(entry, int) else None
 
     def restricted_to(self, llms: Sequence[str]) -> "LibraryPolicy":
         """This policy over only the library plans whose LLMs are all in ``llms`` (e.g. those
@@ -376,45 +405,77 @@ class LibraryPolicy:
             raise ConfigError(f"no plan of the {len(self.library)}-plan library uses only the "
                               f"LLMs {sorted(available)}")
         new_index = {old: new for new, old in enumerate(kept)}
-        gate = {task: {lam: new_index.get(index) if index is not None else None
-                       for lam, index in by_lambda.items()}
+        gate = {task: {lam: new_index.get(entry) if isinstance(entry, int) else entry
+                       for lam, entry in by_lambda.items()}
                 for task, by_lambda in self.gate.items()}
+        models = {task: model.subset(kept) for task, model in self.outcome_models.items()}
+        for task, by_lambda in gate.items():
+            if task in models and not bool(models[task].runnable.any()):
+                # none of this task's plans is left: those entries route with the router
+                gate[task] = {lam: None if entry == PLAN_OUTCOMES else entry
+                              for lam, entry in by_lambda.items()}
         return LibraryPolicy(self.router, self.vocab, [self.library[i] for i in kept], gate,
-                             self.origin)
+                             self.origin, models)
 
     def route(self, queries: Sequence[str], cost_lambda: float) -> list[Plan]:
         """One plan per query at ``cost_lambda``."""
-        plans = self.router.route(list(queries), self.vocab, cost_lambda=cost_lambda,
+        queries = list(queries)
+        plans = self.router.route(queries, self.vocab, cost_lambda=cost_lambda,
                                   library=self.library)
+        by_outcomes = [i for i, plan in enumerate(plans)
+                       if self.gate_entry(plan.task, cost_lambda) == PLAN_OUTCOMES]
+        chosen: dict[int, int] = {}
+        if by_outcomes:
+            embeddings = self.router.embed_queries([queries[i] for i in by_outcomes])
+            for row, i in enumerate(by_outcomes):
+                model = self.outcome_models[plans[i].task]
+                chosen[i] = int(model.choose(embeddings[row:row + 1], cost_lambda)[0])
         routed = []
-        for plan in plans:
+        for i, plan in enumerate(plans):
             fixed = self.fixed_plan(plan.task, cost_lambda)
-            routed.append(plan if fixed is None else fixed.with_probs(
-                {"gate": "the fixed plan that beat the router on validation at this λ"}))
+            if i in chosen:
+                plan = self.library[chosen[i]].with_probs(
+                    {"gate": "the plan outcome model's choice, which beat the router on "
+                             "validation at this λ"})
+            elif fixed is not None:
+                plan = fixed.with_probs(
+                    {"gate": "the fixed plan that beat the router on validation at this λ"})
+            routed.append(plan)
         return routed
 
 
 FIXED_PLAN_RULES = ("best mean", "one standard error")
-"""How :func:`choose_fixed_plan` may pick a constant policy: the plan of best mean utility, or the
-cheapest plan whose paired mean utility is within one standard error of that plan's (Breiman's
-one-standard-error rule: among plans the data cannot tell apart, the cheapest; of equally cheap
-ones, the best)."""
+"""How a constant policy may be picked: the plan of best mean utility, or the cheapest plan whose
+paired mean utility is within one standard error of that plan's (Breiman's one-standard-error
+rule: among plans the data cannot tell apart, the cheapest; of equally cheap ones, the best)."""
+
+PLAN_OUTCOMES = "plan outcomes"
+"""The fallback that routes per query with a :class:`~.plan_outcomes.PlanOutcomeModel` (a gate
+entry of this value uses the policy's model for the task)."""
+
+OUTCOME_REGULARISATIONS = (0.03, 0.3, 3.0)
+"""Inverse L2 strengths tried for the plan outcome model (cross-validated, one per task)."""
 
 
 @dataclass(frozen=True)
-class FixedPlanChoice:
-    """The fixed library plan :func:`choose_fixed_plan` picked at one λ.
+class Fallback:
+    """What :func:`choose_fallbacks` picked at one λ.
 
     Attributes:
-        index: the plan's index in the library.
-        rule: the rule of :data:`FIXED_PLAN_RULES` that picked it.
-        cross_validated: each rule's cross-validated utility (mean over the pooled queries of
-            the utility of the plan the rule picks on the other folds).
+        rule: one of :data:`FIXED_PLAN_RULES` (a constant plan) or :data:`PLAN_OUTCOMES`.
+        plan: the constant plan's library index (``None`` for :data:`PLAN_OUTCOMES`).
+        cross_validated: each candidate's cross-validated utility: the mean, over the pooled
+            training and validation queries, of the utility of what the candidate picks when
+            fitted on the other folds.
+        held_out: ``[N]`` that per-query held-out utility of the chosen candidate, pooled
+            queries in order (training first): its validation rows are an out-of-sample score
+            to hold the router against.
     """
 
-    index: int
     rule: str
+    plan: Optional[int]
     cross_validated: dict[str, float]
+    held_out: torch.Tensor
 
 
 def _pick_by_rule(rule: str, utility: torch.Tensor, cost: torch.Tensor) -> int:
@@ -430,61 +491,124 @@ def _pick_by_rule(rule: str, utility: torch.Tensor, cost: torch.Tensor) -> int:
     return int(cheapest[mean[cheapest].argmax()])  # equal costs: the better mean
 
 
-def choose_fixed_plan(train: LibraryOutcomes, validation: LibraryOutcomes, cost_lambda: float,
-                      *, folds: int = 5, seed: int = 0) -> FixedPlanChoice:
-    """The constant policy for a one-task library at ``cost_lambda``, chosen on the training and
-    validation queries pooled.
+@dataclass
+class Fallbacks:
+    """:func:`choose_fallbacks`' answer: a :class:`Fallback` per λ, and the plan outcome model
+    (fitted on all pooled queries with the cross-validated regularisation) those with rule
+    :data:`PLAN_OUTCOMES` route with."""
 
-    Picking the plan of best mean utility among ~200 plans on a few hundred queries overfits (a
-    winner's curse of about 0.03 utility was measured on the protocol's pairs), most where plans
-    are close and one costs far less; so each rule of :data:`FIXED_PLAN_RULES` is scored by
-    ``folds``-fold cross-validation on the pooled queries, and the better rule picks the plan on
-    all of them. Only plans run on every query compete.
+    by_lambda: dict[float, Fallback]
+    outcome_model: PlanOutcomeModel
+
+
+def choose_fallbacks(train: LibraryOutcomes, validation: LibraryOutcomes,
+                     embeddings: torch.Tensor, lambdas: Sequence[float], *, folds: int = 5,
+                     seed: int = 0,
+                     regularisations: Sequence[float] = OUTCOME_REGULARISATIONS) -> Fallbacks:
+    """MasRouter's fallback for a one-task library at each λ: the best of a constant plan (by
+    either rule of :data:`FIXED_PLAN_RULES`) and per-query routing by a
+    :class:`~.plan_outcomes.PlanOutcomeModel`, chosen by ``folds``-fold cross-validation on the
+    training and validation queries pooled (``embeddings``: their ``[N, D]`` text embeddings,
+    training first).
+
+    Why: picking the plan of best mean utility among ~200 plans on a few hundred queries
+    overfits (a winner's curse of about 0.03 utility was measured on the protocol's pairs),
+    and so does a comparison on the validation queries alone; cross-validation scores every
+    candidate on all pooled queries, each out of sample. The outcome model's regularisation is
+    chosen once per task (best cross-validated utility averaged over ``lambdas``). Only plans
+    run on every query compete.
 
     Raises:
-        ConfigError: ``folds`` below 2, or more folds than queries.
+        ConfigError: ``folds`` below 2 or more than the queries, or embeddings of another
+            number of queries.
     """
-    utility = torch.cat([train.utility(torch.tensor(cost_lambda)),
-                         validation.utility(torch.tensor(cost_lambda))])
-    cost = torch.cat([train.cost, validation.cost])
-    runnable = torch.isfinite(utility).all(0).nonzero().flatten()
-    utility, cost = utility[:, runnable], cost[:, runnable]
-    size = len(utility)
+    pooled_correct = torch.cat([train.correct, validation.correct])
+    pooled_cost = torch.cat([train.cost, validation.cost])
+    valid = torch.cat([torch.ones_like(part.correct, dtype=torch.bool) if part.valid is None
+                       else part.valid for part in (train, validation)])
+    size = len(pooled_correct)
     if not 2 <= folds <= size:
-        raise ConfigError(f"choose_fixed_plan needs 2 <= folds <= {size} queries (got {folds})")
+        raise ConfigError(f"choose_fallbacks needs 2 <= folds <= {size} queries (got {folds})")
+    if embeddings.size(0) != size:
+        raise ConfigError(f"{embeddings.size(0)} embeddings for {size} pooled queries")
+    runnable = valid.all(0).nonzero().flatten()
+    correct, cost = pooled_correct[:, runnable], pooled_cost[:, runnable]
     fold_of = torch.randperm(size, generator=torch.Generator().manual_seed(seed)) % folds
-    scores = {}
-    for rule in FIXED_PLAN_RULES:
-        held_out = torch.zeros(size, dtype=utility.dtype)
-        for fold in range(folds):
-            inside = fold_of != fold
-            pick = _pick_by_rule(rule, utility[inside], cost[inside])
-            held_out[~inside] = utility[~inside, pick]
-        scores[rule] = float(held_out.mean())
-    rule = max(FIXED_PLAN_RULES, key=lambda name: scores[name])
-    return FixedPlanChoice(int(runnable[_pick_by_rule(rule, utility, cost)]), rule, scores)
+    # the outcome models' held-out choices do not depend on λ's scoring, only their fits do
+    fold_models = {c: [PlanOutcomeModel.fit(embeddings[fold_of != f], correct[fold_of != f],
+                                            cost[fold_of != f], regularisation=c)
+                       for f in range(folds)] for c in regularisations}
+    held_out: dict[float, dict[str, torch.Tensor]] = {}
+    for lam in lambdas:
+        utility = correct - lam * cost
+        scores: dict[str, torch.Tensor] = {}
+        for rule in FIXED_PLAN_RULES:
+            scores[rule] = torch.zeros(size, dtype=utility.dtype)
+            for fold in range(folds):
+                inside = fold_of != fold
+                pick = _pick_by_rule(rule, utility[inside], cost[inside])
+                scores[rule][~inside] = utility[~inside, pick]
+        for c, models in fold_models.items():
+            scores[f"{PLAN_OUTCOMES} C={c:g}"] = torch.zeros(size, dtype=utility.dtype)
+            for fold, model in enumerate(models):
+                rows = (fold_of == fold).nonzero().flatten()
+                chosen = model.choose(embeddings[rows], lam)
+                scores[f"{PLAN_OUTCOMES} C={c:g}"][rows] = utility[rows, chosen]
+        held_out[float(lam)] = scores
+    best_c = max(regularisations, key=lambda c: sum(
+        float(by_rule[f"{PLAN_OUTCOMES} C={c:g}"].mean()) for by_rule in held_out.values()))
+    outcome_model = PlanOutcomeModel.fit(embeddings, correct, cost, regularisation=best_c)
+    # back to the library's plan indices: plans not run everywhere are never chosen
+    full = len(train.plans)
+    weight = torch.zeros(full, embeddings.size(1))
+    weight[runnable] = outcome_model.weight
+    bias, mean_cost = torch.zeros(full), torch.zeros(full)
+    bias[runnable], mean_cost[runnable] = outcome_model.bias, outcome_model.mean_cost
+    mask = torch.zeros(full, dtype=torch.bool)
+    mask[runnable] = True
+    by_lambda = {}
+    for lam, scores in held_out.items():
+        candidates = {**{rule: scores[rule] for rule in FIXED_PLAN_RULES},
+                      PLAN_OUTCOMES: scores[f"{PLAN_OUTCOMES} C={best_c:g}"]}
+        rule = max(candidates, key=lambda name: float(candidates[name].mean()))
+        plan = (None if rule == PLAN_OUTCOMES else
+                int(runnable[_pick_by_rule(rule, correct - lam * cost, cost)]))
+        by_lambda[lam] = Fallback(rule, plan, {name: float(v.mean()) for name, v in
+                                               scores.items()}, candidates[rule])
+    return Fallbacks(by_lambda, PlanOutcomeModel(weight, bias, mean_cost, mask, best_c))
 
 
 def gate_evidence(router: MasRouter, vocab: NodeVocab, train: LibraryOutcomes,
                   validation: LibraryOutcomes, lambdas: Sequence[float]
-                  ) -> dict[float, dict[str, Any]]:
-    """Per λ, for a one-task library: the router's validation utility, the validation utility
-    of the fixed plan :func:`choose_fixed_plan` picks (the best constant policy the data knows),
-    that plan's index and the rule that picked it (what :func:`validation_gate` decides on)."""
+                  ) -> tuple[dict[float, dict[str, Any]], PlanOutcomeModel]:
+    """Per λ, for a one-task library: the router's validation utility, its fallback's
+    (:func:`choose_fallbacks`; held out, on the same validation queries), the fallback's rule
+    and constant plan (``None`` for the plan outcome model) — what :func:`validation_gate`
+    decides on — and the plan outcome model the fallbacks use."""
     routed = validation_utility(router, vocab, validation, lambdas)
-    evidence: dict[float, dict[str, Any]] = {}
-    for lam in lambdas:
-        choice = choose_fixed_plan(train, validation, lam)
-        fixed = float(validation.utility(torch.tensor(lam))[:, choice.index].mean())
-        evidence[float(lam)] = {"router": routed[float(lam)], "fixed": fixed,
-                                "fixed_plan": choice.index, "fixed_rule": choice.rule}
-    return evidence
+    embeddings = router.embed_queries(list(train.queries) + list(validation.queries))
+    fallbacks = choose_fallbacks(train, validation, embeddings, lambdas)
+    rows = len(train.queries)
+    evidence = {lam: {"router": routed[float(lam)],
+                      "fixed": float(choice.held_out[rows:].mean()),
+                      "fixed_plan": choice.plan, "fixed_rule": choice.rule,
+                      "cross_validated": choice.cross_validated}
+                for lam, choice in fallbacks.by_lambda.items()}
+    return evidence, fallbacks.outcome_model
+
+
+def gate_from_evidence(evidence: dict[float, dict[str, Any]]) -> dict[float, GateEntry]:
+    """Per λ: ``None`` (the router) where the router's validation utility is at least its
+    fallback's, else the fallback: a constant plan's index or :data:`PLAN_OUTCOMES`."""
+    return {lam: None if e["router"] >= e["fixed"] else
+            (PLAN_OUTCOMES if e["fixed_plan"] is None else int(e["fixed_plan"]))
+            for lam, e in evidence.items()}
 
 
 def validation_gate(router: MasRouter, vocab: NodeVocab, train: LibraryOutcomes,
                     validation: LibraryOutcomes, lambdas: Sequence[float]
-                    ) -> dict[float, Optional[int]]:
-    """Per λ: ``None`` when the router's validation utility is at least the fixed plan's
-    (:func:`gate_evidence`), else that plan's index (see :class:`LibraryPolicy`)."""
-    return {lam: None if e["router"] >= e["fixed"] else int(e["fixed_plan"])
-            for lam, e in gate_evidence(router, vocab, train, validation, lambdas).items()}
+                    ) -> tuple[dict[float, GateEntry], PlanOutcomeModel]:
+    """The gate of :func:`gate_from_evidence` and the plan outcome model it may name (see
+    :class:`LibraryPolicy`)."""
+    evidence, model = gate_evidence(router, vocab, train, validation, lambdas)
+    return gate_from_evidence(evidence), model
