@@ -6,6 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+import torch
 
 from masr_graph.benchmarks import ablations
 from masr_graph.benchmarks.experiment.ablations import VARIANTS, team_edges
@@ -30,11 +31,12 @@ def test_variant_names_are_unique_and_say_what_changes():
 @pytest.mark.slow
 def test_ablations_run_as_cells_and_resume(tmp_path: Path, capsys, monkeypatch):
     out = tmp_path / "run"
-    only = ["--only", "no validation gate", "policy gradient only",
+    only = ["--only", "no validation gate", "fallback only", "policy gradient only",
             "inductive: best LLM added after training"]
     assert ablations.main([*TINY, "--out", str(out), *only]) == 0
     markdown = (out / "ablations.md").read_text()
-    assert "| no validation gate | the router's own plan at every λ |" in markdown
+    assert "| no validation gate | the graph router's own plan at every λ |" in markdown
+    assert "| fallback only |" in markdown
     assert "| policy gradient only |" in markdown
     assert "| policy gradient, live executions |" in markdown
     assert "Inductive: trained without " in markdown
@@ -42,6 +44,15 @@ def test_ablations_run_as_cells_and_resume(tmp_path: Path, capsys, monkeypatch):
     pair = out / "llmrouter-all-gsm8k" / "ablations"
     assert (pair / "no-validation-gate-seed0.pt").exists()
     assert (pair / "policy-gradient-only-seed0.curve.json").exists()
+    # variants that change only routing route with MasRouter's own weights, not a retrained copy
+    from masr_graph.router import load_checkpoint
+
+    masrouter = load_checkpoint(out / "llmrouter-all-gsm8k" / "masrouter-seed0.pt")
+    fallback_only = load_checkpoint(pair / "fallback-only-seed0.pt")
+    assert all(torch.equal(value, fallback_only.router.state_dict()[name])
+               for name, value in masrouter.router.state_dict().items())
+    (entries,) = fallback_only.gate.values()
+    assert None not in entries.values()  # never the graph router
 
     # A rerun trains nothing and runs no cell again: every result is stored.
     from masr_graph.benchmarks.experiment import ablations as experiment

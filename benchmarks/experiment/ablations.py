@@ -3,12 +3,16 @@ variants, a data-efficiency sweep, the inductive claim (an LLM added after train
 plug-in claim (LLMs assigned to an external team).
 
 Every variant is trained like MasRouter (:meth:`PairRun.router`: same library outcomes, seeds,
-λ sweep and steps) with one thing changed, and evaluated as protocol cells on the same test
-queries through the same pipeline (its plans are executed, so a plan outside the library is
-scored like any other). :data:`VARIANTS`:
+λ sweep and steps) with one thing changed — a variant that changes only how plans are chosen
+(gate, fallback, decoding) routes with MasRouter's own trained weights — and evaluated as
+protocol cells on the same test queries through the same pipeline (its plans are executed, so a
+plan outside the library is scored like any other). :data:`VARIANTS`:
 
-* ``no validation gate`` — the router's own plan at every λ, even where the best fixed plan beat
-  it on validation;
+* ``no validation gate`` — the graph router's own plan at every λ, even where its fallback (a
+  constant plan or the plan outcome model, :func:`~masr_graph.router.library.choose_fallbacks`)
+  beat it on validation;
+* ``constant fallbacks only`` — the fallback is a constant plan, never the plan outcome model;
+* ``fallback only`` — the fallback at every λ: the graph router's plans are never used;
 * ``one router per λ`` — no λ input: a separate router trained at each λ;
 * ``independent LLM slots`` — each slot's LLM chosen without seeing earlier slots' LLMs
   (``RouterConfig.team_aware_llms=False``);
@@ -42,6 +46,7 @@ from masr_graph.plan import Plan
 from masr_graph.router import MasRouter, NodeVocab, TrainerConfig
 from masr_graph.router.checkpoint import load_checkpoint, save_checkpoint
 from masr_graph.router.library import (
+    OUTCOME_REGULARISATIONS,
     LibraryConfig,
     LibraryOutcomes,
     LibraryPolicy,
@@ -72,6 +77,8 @@ class Variant:
         library: :class:`~masr_graph.router.library.LibraryConfig` overrides.
         per_lambda: train one router per λ (no λ input).
         gate: apply the validation gate.
+        outcome_fallback: the plan outcome model may be the fallback (else constant plans only).
+        graph_router: the gate may keep the graph router's plans (else the fallback always).
         library_decoding: route to the library's most probable plan (else stage-wise greedy).
         model_selection: keep the weights of best validation utility (else the last step's).
         train_queries: train on the first this many training queries (``None``: all).
@@ -85,6 +92,8 @@ class Variant:
     library: dict[str, Any] = field(default_factory=dict)
     per_lambda: bool = False
     gate: bool = True
+    outcome_fallback: bool = True
+    graph_router: bool = True
     library_decoding: bool = True
     model_selection: bool = True
     train_queries: Optional[int] = None
@@ -96,12 +105,24 @@ class Variant:
         return f"{ABLATION}: {self.name}"
 
     @property
+    def trains_like_masrouter(self) -> bool:
+        """Only routing differs (gate, fallback, decoding): the variant routes with MasRouter's
+        own trained weights instead of training the same router again."""
+        return not (self.router or self.library or self.per_lambda or not self.model_selection
+                    or self.train_queries is not None or self.policy_gradient
+                    or self.without_best_llm)
+
+    @property
     def slug(self) -> str:
         return "".join(c if c.isalnum() else "-" for c in self.name.lower()).strip("-")
 
 
 VARIANTS: tuple[Variant, ...] = (
-    Variant("no validation gate", "the router's own plan at every λ", gate=False),
+    Variant("no validation gate", "the graph router's own plan at every λ", gate=False),
+    Variant("constant fallbacks only", "the fallback is a constant plan, never the plan "
+            "outcome model", outcome_fallback=False),
+    Variant("fallback only", "the cross-validated fallback at every λ, never the graph "
+            "router's plans", graph_router=False),
     Variant("one router per λ", "no λ input: a router trained at each λ alone", per_lambda=True),
     Variant("independent LLM slots", "slots do not see earlier slots' LLMs",
             router={"team_aware_llms": False}),
@@ -262,24 +283,34 @@ class AblationRun:
             loaded = load_checkpoint(path, encoder=run.encoder)
             router, gate, models = loaded.router, loaded.gate, loaded.outcome_models
         else:
-            torch.manual_seed(seed)
-            router = MasRouter(replace(ROUTER_CONFIG, **variant.router), encoder=run.encoder)
-            config = LibraryConfig(lambdas=tuple(lambdas), steps=run.settings.router_steps,
-                                   seed=seed, temperature=run.settings.router_temperature,
-                                   **variant.library)
-            trainer = LibraryTrainer(router, vocab, train,
-                                     validation if variant.model_selection else None, config)
-            history = trainer.fit()
-            task_gate, outcome_model = validation_gate(router, vocab, train, validation, lambdas)
-            gate, models = {run.domain: task_gate}, {run.domain: outcome_model}
+            if variant.trains_like_masrouter and len(lambdas) > 1:
+                router = run.router(seed).router
+                curve = json.loads((run.out / f"masrouter-seed{seed}.curve.json").read_text())
+                best_step, points = curve["best_step"], curve["points"]
+            else:
+                torch.manual_seed(seed)
+                router = MasRouter(replace(ROUTER_CONFIG, **variant.router), encoder=run.encoder)
+                config = LibraryConfig(lambdas=tuple(lambdas), steps=run.settings.router_steps,
+                                       seed=seed, temperature=run.settings.router_temperature,
+                                       **variant.library)
+                trainer = LibraryTrainer(router, vocab, train,
+                                         validation if variant.model_selection else None, config)
+                points = [{"step": p.step, "validation_utility": p.validation_utility}
+                          for p in trainer.fit()]
+                best_step = trainer.best_step
+            task_gate, outcome_model = validation_gate(
+                router, vocab, train, validation, lambdas,
+                regularisations=OUTCOME_REGULARISATIONS if variant.outcome_fallback else (),
+                against_router=variant.graph_router)
+            gate = {run.domain: task_gate}
+            models = {run.domain: outcome_model} if outcome_model is not None else {}
             save_checkpoint(path, router, vocab, library=train.plans, gate=gate,
                             outcome_models=models)
             path.with_suffix(".curve.json").write_text(json.dumps({
-                "best_step": trainer.best_step, "executions": train.executions
+                "best_step": best_step, "executions": train.executions
                 + validation.executions,
                 "validation_utility": validation_utility(router, vocab, validation, lambdas),
-                "points": [{"step": p.step, "validation_utility": p.validation_utility}
-                           for p in history]}, indent=1))
+                "points": points}, indent=1))
         if not variant.library_decoding:
             return _GreedyPolicy(router, run.vocab)
         # The inductive router routes over the whole pool: every plan, the held-out LLM's too.

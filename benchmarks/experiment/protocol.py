@@ -399,7 +399,7 @@ class PairRun:
         evidence, outcome_model = gate_evidence(router, self.vocab, train, validation,
                                                 self.settings.lambdas)
         gate = {self.domain: gate_from_evidence(evidence)}
-        models = {self.domain: outcome_model}
+        models = {self.domain: outcome_model} if outcome_model is not None else {}
         origin = self.origin(seed)
         save_checkpoint(path, router, self.vocab, library=self.library, gate=gate,
                         outcome_models=models, origin=origin)

@@ -495,10 +495,10 @@ def _pick_by_rule(rule: str, utility: torch.Tensor, cost: torch.Tensor) -> int:
 class Fallbacks:
     """:func:`choose_fallbacks`' answer: a :class:`Fallback` per λ, and the plan outcome model
     (fitted on all pooled queries with the cross-validated regularisation) those with rule
-    :data:`PLAN_OUTCOMES` route with."""
+    :data:`PLAN_OUTCOMES` route with (``None`` when no regularisation was tried)."""
 
     by_lambda: dict[float, Fallback]
-    outcome_model: PlanOutcomeModel
+    outcome_model: Optional[PlanOutcomeModel]
 
 
 def choose_fallbacks(train: LibraryOutcomes, validation: LibraryOutcomes,
@@ -515,8 +515,8 @@ def choose_fallbacks(train: LibraryOutcomes, validation: LibraryOutcomes,
     overfits (a winner's curse of about 0.03 utility was measured on the protocol's pairs),
     and so does a comparison on the validation queries alone; cross-validation scores every
     candidate on all pooled queries, each out of sample. The outcome model's regularisation is
-    chosen once per task (best cross-validated utility averaged over ``lambdas``). Only plans
-    run on every query compete.
+    chosen once per task among ``regularisations`` (best cross-validated utility averaged over
+    ``lambdas``; none: constant plans only). Only plans run on every query compete.
 
     Raises:
         ConfigError: ``folds`` below 2 or more than the queries, or embeddings of another
@@ -555,39 +555,45 @@ def choose_fallbacks(train: LibraryOutcomes, validation: LibraryOutcomes,
                 chosen = model.choose(embeddings[rows], lam)
                 scores[f"{PLAN_OUTCOMES} C={c:g}"][rows] = utility[rows, chosen]
         held_out[float(lam)] = scores
-    best_c = max(regularisations, key=lambda c: sum(
-        float(by_rule[f"{PLAN_OUTCOMES} C={c:g}"].mean()) for by_rule in held_out.values()))
-    outcome_model = PlanOutcomeModel.fit(embeddings, correct, cost, regularisation=best_c)
-    # back to the library's plan indices: plans not run everywhere are never chosen
-    full = len(train.plans)
-    weight = torch.zeros(full, embeddings.size(1))
-    weight[runnable] = outcome_model.weight
-    bias, mean_cost = torch.zeros(full), torch.zeros(full)
-    bias[runnable], mean_cost[runnable] = outcome_model.bias, outcome_model.mean_cost
-    mask = torch.zeros(full, dtype=torch.bool)
-    mask[runnable] = True
+    outcome_model, best_c = None, None
+    if regularisations:
+        best_c = max(regularisations, key=lambda c: sum(
+            float(by_rule[f"{PLAN_OUTCOMES} C={c:g}"].mean()) for by_rule in held_out.values()))
+        fitted = PlanOutcomeModel.fit(embeddings, correct, cost, regularisation=best_c)
+        # back to the library's plan indices: plans not run everywhere are never chosen
+        full = len(train.plans)
+        weight = torch.zeros(full, embeddings.size(1))
+        weight[runnable] = fitted.weight
+        bias, mean_cost = torch.zeros(full), torch.zeros(full)
+        bias[runnable], mean_cost[runnable] = fitted.bias, fitted.mean_cost
+        mask = torch.zeros(full, dtype=torch.bool)
+        mask[runnable] = True
+        outcome_model = PlanOutcomeModel(weight, bias, mean_cost, mask, best_c)
     by_lambda = {}
     for lam, scores in held_out.items():
-        candidates = {**{rule: scores[rule] for rule in FIXED_PLAN_RULES},
-                      PLAN_OUTCOMES: scores[f"{PLAN_OUTCOMES} C={best_c:g}"]}
+        candidates = {rule: scores[rule] for rule in FIXED_PLAN_RULES}
+        if best_c is not None:
+            candidates[PLAN_OUTCOMES] = scores[f"{PLAN_OUTCOMES} C={best_c:g}"]
         rule = max(candidates, key=lambda name: float(candidates[name].mean()))
         plan = (None if rule == PLAN_OUTCOMES else
                 int(runnable[_pick_by_rule(rule, correct - lam * cost, cost)]))
         by_lambda[lam] = Fallback(rule, plan, {name: float(v.mean()) for name, v in
                                                scores.items()}, candidates[rule])
-    return Fallbacks(by_lambda, PlanOutcomeModel(weight, bias, mean_cost, mask, best_c))
+    return Fallbacks(by_lambda, outcome_model)
 
 
 def gate_evidence(router: MasRouter, vocab: NodeVocab, train: LibraryOutcomes,
-                  validation: LibraryOutcomes, lambdas: Sequence[float]
-                  ) -> tuple[dict[float, dict[str, Any]], PlanOutcomeModel]:
+                  validation: LibraryOutcomes, lambdas: Sequence[float], *,
+                  regularisations: Sequence[float] = OUTCOME_REGULARISATIONS
+                  ) -> tuple[dict[float, dict[str, Any]], Optional[PlanOutcomeModel]]:
     """Per λ, for a one-task library: the router's validation utility, its fallback's
-    (:func:`choose_fallbacks`; held out, on the same validation queries), the fallback's rule
-    and constant plan (``None`` for the plan outcome model) — what :func:`validation_gate`
-    decides on — and the plan outcome model the fallbacks use."""
+    (:func:`choose_fallbacks` with ``regularisations``; held out, on the same validation
+    queries), the fallback's rule and constant plan (``None`` for the plan outcome model) —
+    what :func:`validation_gate` decides on — and the plan outcome model the fallbacks use."""
     routed = validation_utility(router, vocab, validation, lambdas)
     embeddings = router.embed_queries(list(train.queries) + list(validation.queries))
-    fallbacks = choose_fallbacks(train, validation, embeddings, lambdas)
+    fallbacks = choose_fallbacks(train, validation, embeddings, lambdas,
+                                 regularisations=regularisations)
     rows = len(train.queries)
     evidence = {lam: {"router": routed[float(lam)],
                       "fixed": float(choice.held_out[rows:].mean()),
@@ -597,18 +603,23 @@ def gate_evidence(router: MasRouter, vocab: NodeVocab, train: LibraryOutcomes,
     return evidence, fallbacks.outcome_model
 
 
-def gate_from_evidence(evidence: dict[float, dict[str, Any]]) -> dict[float, GateEntry]:
+def gate_from_evidence(evidence: dict[float, dict[str, Any]], *, against_router: bool = True
+                       ) -> dict[float, GateEntry]:
     """Per λ: ``None`` (the router) where the router's validation utility is at least its
-    fallback's, else the fallback: a constant plan's index or :data:`PLAN_OUTCOMES`."""
-    return {lam: None if e["router"] >= e["fixed"] else
+    fallback's, else the fallback: a constant plan's index or :data:`PLAN_OUTCOMES`.
+    ``against_router=False``: the fallback at every λ (the graph router is never used)."""
+    return {lam: None if against_router and e["router"] >= e["fixed"] else
             (PLAN_OUTCOMES if e["fixed_plan"] is None else int(e["fixed_plan"]))
             for lam, e in evidence.items()}
 
 
 def validation_gate(router: MasRouter, vocab: NodeVocab, train: LibraryOutcomes,
-                    validation: LibraryOutcomes, lambdas: Sequence[float]
-                    ) -> tuple[dict[float, GateEntry], PlanOutcomeModel]:
+                    validation: LibraryOutcomes, lambdas: Sequence[float], *,
+                    regularisations: Sequence[float] = OUTCOME_REGULARISATIONS,
+                    against_router: bool = True
+                    ) -> tuple[dict[float, GateEntry], Optional[PlanOutcomeModel]]:
     """The gate of :func:`gate_from_evidence` and the plan outcome model it may name (see
-    :class:`LibraryPolicy`)."""
-    evidence, model = gate_evidence(router, vocab, train, validation, lambdas)
-    return gate_from_evidence(evidence), model
+    :class:`LibraryPolicy`; arguments as there and in :func:`gate_evidence`)."""
+    evidence, model = gate_evidence(router, vocab, train, validation, lambdas,
+                                    regularisations=regularisations)
+    return gate_from_evidence(evidence, against_router=against_router), model
