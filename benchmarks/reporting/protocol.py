@@ -270,10 +270,10 @@ def target_checks(reports: Sequence[PairReport]) -> list[TargetCheck]:
         detail = f"{r.pair}: {dist['distinct_teams']} teams, top {dist['top_plan_share']:.0%}"
         if not ok and one_plan:
             detail += (f" (one plan shown best: cross-validated, a constant plan "
-                       f"{gate['constant_cv']:.3f} beat per-query routing by plan outcomes "
-                       f"{gate['outcomes_cv']:.3f}, and held out on validation it beat the "
-                       f"graph router's per-query plans, {gate['fixed']:.3f} vs "
-                       f"{gate['router']:.3f}, on every seed)")
+                       f"({gate['constant_cv']:.4f}) was at least as good as per-query routing "
+                       f"by plan outcomes ({gate['outcomes_cv']:.4f}), and held out on "
+                       f"validation it beat the graph router's per-query plans, "
+                       f"{gate['fixed']:.3f} vs {gate['router']:.3f}, on every seed)")
         varied.append((ok or one_plan, detail))
     checks.append(TargetCheck(
         f"plans vary with the query at the middle λ (>= {MIN_DISTINCT_PLANS} distinct teams, none "
