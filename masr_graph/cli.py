@@ -360,12 +360,17 @@ async def _train(args: argparse.Namespace) -> int:
     gate = policy.gate.get(run.domain, {})
     print(f"plan library: {len(run.library)} plans, {executed} executions now; checkpoint "
           f"{args.checkpoint}")
-    for lam in sorted(gate):
-        fixed = policy.fixed_plan(run.domain, lam)
-        print(f"  λ={lam:g}: " + (
-            f"fixed plan (it beat the router on validation): {fixed.mode} {list(fixed.llms)}"
-            if fixed is not None else "routes per query by the plan outcome model (it beat the "
-            "router on validation)" if gate[lam] == PLAN_OUTCOMES else "routes per query"))
+    for lam, entry in sorted(gate.items()):
+        if entry is None:
+            decision = "routes per query"
+        elif entry == PLAN_OUTCOMES:
+            decision = ("routes per query by the plan outcome model (it beat the router on "
+                        "validation)")
+        else:
+            fixed = policy.library[entry]
+            decision = (f"fixed plan (it beat the router on validation): {fixed.mode} "
+                        f"{list(fixed.llms)}")
+        print(f"  λ={lam:g}: {decision}")
     print(f"{_spent(runtime)}{f' ({note})' if note and note not in _spent(runtime) else ''}")
     return 0
 

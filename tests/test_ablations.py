@@ -6,7 +6,6 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-import torch
 
 from masr_graph.benchmarks import ablations
 from masr_graph.benchmarks.experiment.ablations import VARIANTS, team_edges
@@ -30,10 +29,30 @@ def test_variant_names_are_unique_and_say_what_changes():
 
 @pytest.mark.slow
 def test_ablations_run_as_cells_and_resume(tmp_path: Path, capsys, monkeypatch):
+    from masr_graph.benchmarks.experiment import ablations as experiment
+
     out = tmp_path / "run"
     only = ["--only", "no validation gate", "fallback only", "policy gradient only",
             "inductive: best LLM added after training"]
+    trainings = []
+    fit = experiment.LibraryTrainer.fit
+
+    def counted(trainer, *args, **kwargs):
+        trainings.append(len(trainer.train.queries))
+        return fit(trainer, *args, **kwargs)
+
+    monkeypatch.setattr(experiment.LibraryTrainer, "fit", counted)
+    from masr_graph.router import library
+
+    fallback_fits = []
+    choose = library.choose_fallbacks
+    monkeypatch.setattr(library, "choose_fallbacks",
+                        lambda *a, **k: fallback_fits.append(1) or choose(*a, **k))
     assert ablations.main([*TINY, "--out", str(out), *only]) == 0
+    # MasRouter and the inductive router train; the two routing-only variants reuse MasRouter,
+    # and its fallbacks (the inductive router, on other outcomes, chooses its own)
+    assert len(trainings) == 2
+    assert len(fallback_fits) == 2
     markdown = (out / "ablations.md").read_text()
     assert "| no validation gate | the graph router's own plan at every λ |" in markdown
     assert "| fallback only |" in markdown
@@ -44,19 +63,13 @@ def test_ablations_run_as_cells_and_resume(tmp_path: Path, capsys, monkeypatch):
     pair = out / "llmrouter-all-gsm8k" / "ablations"
     assert (pair / "no-validation-gate-seed0.pt").exists()
     assert (pair / "policy-gradient-only-seed0.curve.json").exists()
-    # variants that change only routing route with MasRouter's own weights, not a retrained copy
     from masr_graph.router import load_checkpoint
 
-    masrouter = load_checkpoint(out / "llmrouter-all-gsm8k" / "masrouter-seed0.pt")
     fallback_only = load_checkpoint(pair / "fallback-only-seed0.pt")
-    assert all(torch.equal(value, fallback_only.router.state_dict()[name])
-               for name, value in masrouter.router.state_dict().items())
     (entries,) = fallback_only.gate.values()
     assert None not in entries.values()  # never the graph router
 
     # A rerun trains nothing and runs no cell again: every result is stored.
-    from masr_graph.benchmarks.experiment import ablations as experiment
-
     def forbidden(*args, **kwargs):
         raise AssertionError("a rerun must not train again")
 

@@ -298,9 +298,12 @@ class AblationRun:
                 points = [{"step": p.step, "validation_utility": p.validation_utility}
                           for p in trainer.fit()]
                 best_step = trainer.best_step
+            shared = (variant.trains_like_masrouter and variant.outcome_fallback
+                      and len(lambdas) > 1)  # the same outcomes and sweep as MasRouter's
             task_gate, outcome_model = validation_gate(
                 router, vocab, train, validation, lambdas,
                 regularisations=OUTCOME_REGULARISATIONS if variant.outcome_fallback else (),
+                fallbacks=run.fallbacks() if shared else None,
                 against_router=variant.graph_router)
             gate = {run.domain: task_gate}
             models = {run.domain: outcome_model} if outcome_model is not None else {}

@@ -55,8 +55,10 @@ from masr_graph.router.library import (
     LibraryOutcomes,
     LibraryPolicy,
     LibraryTrainer,
+    Fallbacks,
     gate_evidence,
     gate_from_evidence,
+    pooled_fallbacks,
 )
 
 from ..reporting.results import QueryResult, RunStore
@@ -263,6 +265,7 @@ class PairRun:
             if library_file.exists() else [])
         self.train_outcomes: Optional[LibraryOutcomes] = None
         self.validation_outcomes: Optional[LibraryOutcomes] = None
+        self._fallbacks: Optional[Fallbacks] = None
 
     def _check_backend(self) -> None:
         """Refuse to resume outputs made by another backend: a different collaboration rule,
@@ -363,8 +366,19 @@ class PairRun:
         try:
             self.train_outcomes = outcomes.matrix(self.library, self.data.train)
             self.validation_outcomes = outcomes.matrix(self.library, self.data.validation)
+            self._fallbacks = None
         finally:
             outcomes.close()
+
+    def fallbacks(self) -> Fallbacks:
+        """MasRouter's cross-validated fallbacks (:func:`pooled_fallbacks` over the sweep),
+        computed once per loaded outcomes: they depend on the library outcomes only, so every
+        seed's training shares them (6–15 s of model fits per pair here)."""
+        if self._fallbacks is None:
+            train, validation = self._require_prepared()
+            self._fallbacks = pooled_fallbacks(self.encoder, train, validation,
+                                               self.settings.lambdas)
+        return self._fallbacks
 
     def _require_prepared(self) -> tuple[LibraryOutcomes, LibraryOutcomes]:
         if self.train_outcomes is None or self.validation_outcomes is None:
@@ -397,7 +411,8 @@ class PairRun:
             temperature=self.settings.router_temperature))
         history = trainer.fit(on_step=on_step)
         evidence, outcome_model = gate_evidence(router, self.vocab, train, validation,
-                                                self.settings.lambdas)
+                                                self.settings.lambdas,
+                                                fallbacks=self.fallbacks())
         gate = {self.domain: gate_from_evidence(evidence)}
         models = {self.domain: outcome_model} if outcome_model is not None else {}
         origin = self.origin(seed)
@@ -496,9 +511,8 @@ class PairRun:
     def best_fixed_plan(self, cost_lambda: float) -> Plan:
         """The library plan of highest mean utility on train + validation at ``cost_lambda``."""
         train, validation = self._require_prepared()
-        correct = torch.cat([train.correct, validation.correct])
-        cost = torch.cat([train.cost, validation.cost])
-        return self.library[int((correct - cost_lambda * cost).mean(0).argmax())]
+        utility = train.concat(validation).utility(torch.tensor(cost_lambda))
+        return self.library[int(utility.mean(0).argmax())]
 
     def single_agent_router(self, name: str, seed: int):
         """A single-agent router fitted on the single LLMs' training outcomes (validation for

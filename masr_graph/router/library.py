@@ -99,6 +99,24 @@ class LibraryOutcomes:
                                self.correct[index], self.cost[index], labels,
                                None if self.valid is None else self.valid[index])
 
+    def concat(self, other: "LibraryOutcomes") -> "LibraryOutcomes":
+        """These outcomes followed by ``other``'s (the same library), e.g. training and
+        validation pooled.
+
+        Raises:
+            ConfigError: ``other`` is of another library.
+        """
+        if other.plans != self.plans:
+            raise ConfigError("only outcomes of the same plan library can be pooled")
+        labels = (self.task_labels + other.task_labels
+                  if self.task_labels and other.task_labels else ())
+        valid = (None if self.valid is None and other.valid is None else torch.cat([
+            torch.ones_like(part.correct, dtype=torch.bool) if part.valid is None
+            else part.valid for part in (self, other)]))
+        return LibraryOutcomes(self.plans, self.queries + other.queries,
+                               torch.cat([self.correct, other.correct]),
+                               torch.cat([self.cost, other.cost]), labels, valid)
+
     @property
     def executions(self) -> int:
         """Plan executions these outcomes took (queries x plans)."""
@@ -420,27 +438,23 @@ class LibraryPolicy:
     def route(self, queries: Sequence[str], cost_lambda: float) -> list[Plan]:
         """One plan per query at ``cost_lambda``."""
         queries = list(queries)
-        plans = self.router.route(queries, self.vocab, cost_lambda=cost_lambda,
-                                  library=self.library)
-        by_outcomes = [i for i, plan in enumerate(plans)
-                       if self.gate_entry(plan.task, cost_lambda) == PLAN_OUTCOMES]
-        chosen: dict[int, int] = {}
-        if by_outcomes:
-            embeddings = self.router.embed_queries([queries[i] for i in by_outcomes])
-            for row, i in enumerate(by_outcomes):
-                model = self.outcome_models[plans[i].task]
-                chosen[i] = int(model.choose(embeddings[row:row + 1], cost_lambda)[0])
-        routed = []
-        for i, plan in enumerate(plans):
-            fixed = self.fixed_plan(plan.task, cost_lambda)
-            if i in chosen:
-                plan = self.library[chosen[i]].with_probs(
+        routed = self.router.route(queries, self.vocab, cost_lambda=cost_lambda,
+                                   library=self.library)
+        entries = [self.gate_entry(plan.task, cost_lambda) for plan in routed]
+        for i, entry in enumerate(entries):
+            if isinstance(entry, int):
+                routed[i] = self.library[entry].with_probs(
+                    {"gate": "the fixed plan that beat the router on validation at this λ"})
+        by_task: dict[str, list[int]] = {}
+        for i, entry in enumerate(entries):
+            if entry == PLAN_OUTCOMES:
+                by_task.setdefault(routed[i].task, []).append(i)
+        for task, rows in by_task.items():
+            embeddings = self.router.embed_queries([queries[i] for i in rows])
+            for i, chosen in zip(rows, self.outcome_models[task].choose(embeddings, cost_lambda)):
+                routed[i] = self.library[int(chosen)].with_probs(
                     {"gate": "the plan outcome model's choice, which beat the router on "
                              "validation at this λ"})
-            elif fixed is not None:
-                plan = fixed.with_probs(
-                    {"gate": "the fixed plan that beat the router on validation at this λ"})
-            routed.append(plan)
         return routed
 
 
@@ -522,22 +536,28 @@ def choose_fallbacks(train: LibraryOutcomes, validation: LibraryOutcomes,
         ConfigError: ``folds`` below 2 or more than the queries, or embeddings of another
             number of queries.
     """
-    pooled_correct = torch.cat([train.correct, validation.correct])
-    pooled_cost = torch.cat([train.cost, validation.cost])
-    valid = torch.cat([torch.ones_like(part.correct, dtype=torch.bool) if part.valid is None
-                       else part.valid for part in (train, validation)])
+    pooled = train.concat(validation)
+    pooled_correct, pooled_cost = pooled.correct, pooled.cost
+    valid = (torch.ones_like(pooled_correct, dtype=torch.bool) if pooled.valid is None
+             else pooled.valid)
     size = len(pooled_correct)
     if not 2 <= folds <= size:
         raise ConfigError(f"choose_fallbacks needs 2 <= folds <= {size} queries (got {folds})")
     if embeddings.size(0) != size:
         raise ConfigError(f"{embeddings.size(0)} embeddings for {size} pooled queries")
-    runnable = valid.all(0).nonzero().flatten()
-    correct, cost = pooled_correct[:, runnable], pooled_cost[:, runnable]
+    everywhere = valid.all(0)
+    runnable = everywhere.nonzero().flatten()
+    # the outcome models see (and may choose) only the plans run on every pooled query
+    fit_mask = everywhere.expand(size, -1)
     fold_of = torch.randperm(size, generator=torch.Generator().manual_seed(seed)) % folds
-    # the outcome models' held-out choices do not depend on λ's scoring, only their fits do
-    fold_models = {c: [PlanOutcomeModel.fit(embeddings[fold_of != f], correct[fold_of != f],
-                                            cost[fold_of != f], regularisation=c)
-                       for f in range(folds)] for c in regularisations}
+
+    def fit(rows: torch.Tensor, c: float) -> PlanOutcomeModel:
+        return PlanOutcomeModel.fit(embeddings[rows], pooled_correct[rows], pooled_cost[rows],
+                                    valid=fit_mask[rows], regularisation=c)
+
+    # λ only scores the held-out choices, so each fold's models are fitted once for all λ
+    fold_models = {c: [fit(fold_of != f, c) for f in range(folds)] for c in regularisations}
+    correct, cost = pooled_correct[:, runnable], pooled_cost[:, runnable]
     held_out: dict[float, dict[str, torch.Tensor]] = {}
     for lam in lambdas:
         utility = correct - lam * cost
@@ -548,27 +568,19 @@ def choose_fallbacks(train: LibraryOutcomes, validation: LibraryOutcomes,
                 inside = fold_of != fold
                 pick = _pick_by_rule(rule, utility[inside], cost[inside])
                 scores[rule][~inside] = utility[~inside, pick]
+        library_utility = pooled_correct - lam * pooled_cost
         for c, models in fold_models.items():
             scores[f"{PLAN_OUTCOMES} C={c:g}"] = torch.zeros(size, dtype=utility.dtype)
             for fold, model in enumerate(models):
                 rows = (fold_of == fold).nonzero().flatten()
                 chosen = model.choose(embeddings[rows], lam)
-                scores[f"{PLAN_OUTCOMES} C={c:g}"][rows] = utility[rows, chosen]
+                scores[f"{PLAN_OUTCOMES} C={c:g}"][rows] = library_utility[rows, chosen]
         held_out[float(lam)] = scores
     outcome_model, best_c = None, None
     if regularisations:
         best_c = max(regularisations, key=lambda c: sum(
             float(by_rule[f"{PLAN_OUTCOMES} C={c:g}"].mean()) for by_rule in held_out.values()))
-        fitted = PlanOutcomeModel.fit(embeddings, correct, cost, regularisation=best_c)
-        # back to the library's plan indices: plans not run everywhere are never chosen
-        full = len(train.plans)
-        weight = torch.zeros(full, embeddings.size(1))
-        weight[runnable] = fitted.weight
-        bias, mean_cost = torch.zeros(full), torch.zeros(full)
-        bias[runnable], mean_cost[runnable] = fitted.bias, fitted.mean_cost
-        mask = torch.zeros(full, dtype=torch.bool)
-        mask[runnable] = True
-        outcome_model = PlanOutcomeModel(weight, bias, mean_cost, mask, best_c)
+        outcome_model = fit(torch.ones(size, dtype=torch.bool), best_c)
     by_lambda = {}
     for lam, scores in held_out.items():
         candidates = {rule: scores[rule] for rule in FIXED_PLAN_RULES}
@@ -582,18 +594,30 @@ def choose_fallbacks(train: LibraryOutcomes, validation: LibraryOutcomes,
     return Fallbacks(by_lambda, outcome_model)
 
 
+def pooled_fallbacks(encoder: TextEncoder, train: LibraryOutcomes, validation: LibraryOutcomes,
+                     lambdas: Sequence[float], *,
+                     regularisations: Sequence[float] = OUTCOME_REGULARISATIONS) -> Fallbacks:
+    """:func:`choose_fallbacks` on the embeddings of the training and validation queries. It
+    depends on the outcomes only, not on a router: compute it once for all seeds of a pair."""
+    embeddings = encoder.encode(list(train.queries) + list(validation.queries))
+    return choose_fallbacks(train, validation, embeddings, lambdas,
+                            regularisations=regularisations)
+
+
 def gate_evidence(router: MasRouter, vocab: NodeVocab, train: LibraryOutcomes,
                   validation: LibraryOutcomes, lambdas: Sequence[float], *,
-                  regularisations: Sequence[float] = OUTCOME_REGULARISATIONS
+                  regularisations: Sequence[float] = OUTCOME_REGULARISATIONS,
+                  fallbacks: Optional[Fallbacks] = None
                   ) -> tuple[dict[float, dict[str, Any]], Optional[PlanOutcomeModel]]:
     """Per λ, for a one-task library: the router's validation utility, its fallback's
-    (:func:`choose_fallbacks` with ``regularisations``; held out, on the same validation
-    queries), the fallback's rule and constant plan (``None`` for the plan outcome model) —
-    what :func:`validation_gate` decides on — and the plan outcome model the fallbacks use."""
+    (``fallbacks``, default :func:`pooled_fallbacks` with ``regularisations``; held out, on the
+    same validation queries), the fallback's rule and constant plan (``None`` for the plan
+    outcome model) — what :func:`validation_gate` decides on — and the plan outcome model the
+    fallbacks use."""
     routed = validation_utility(router, vocab, validation, lambdas)
-    embeddings = router.embed_queries(list(train.queries) + list(validation.queries))
-    fallbacks = choose_fallbacks(train, validation, embeddings, lambdas,
-                                 regularisations=regularisations)
+    if fallbacks is None:
+        fallbacks = pooled_fallbacks(router.encoder, train, validation, lambdas,
+                                     regularisations=regularisations)
     rows = len(train.queries)
     evidence = {lam: {"router": routed[float(lam)],
                       "fixed": float(choice.held_out[rows:].mean()),
@@ -616,10 +640,10 @@ def gate_from_evidence(evidence: dict[float, dict[str, Any]], *, against_router:
 def validation_gate(router: MasRouter, vocab: NodeVocab, train: LibraryOutcomes,
                     validation: LibraryOutcomes, lambdas: Sequence[float], *,
                     regularisations: Sequence[float] = OUTCOME_REGULARISATIONS,
-                    against_router: bool = True
+                    fallbacks: Optional[Fallbacks] = None, against_router: bool = True
                     ) -> tuple[dict[float, GateEntry], Optional[PlanOutcomeModel]]:
     """The gate of :func:`gate_from_evidence` and the plan outcome model it may name (see
     :class:`LibraryPolicy`; arguments as there and in :func:`gate_evidence`)."""
     evidence, model = gate_evidence(router, vocab, train, validation, lambdas,
-                                    regularisations=regularisations)
+                                    regularisations=regularisations, fallbacks=fallbacks)
     return gate_from_evidence(evidence, against_router=against_router), model

@@ -6,7 +6,7 @@ routes per query at any λ, ``argmax_p  P̂(p solves q) − λ · cost_p``: the 
 (no λ grid), and with strong regularisation every prediction falls back to the plan's base rate,
 so the model routes to the best fixed plan wherever the text carries no signal.
 
-It is the per-query candidate of MasRouter's fallback (:func:`.library.choose_fallback`): the
+It is the per-query candidate of MasRouter's fallback (:func:`.library.choose_fallbacks`): the
 graph router learns a *policy* from one noisy outcome per (query, plan), where these
 regressions learn each plan's *success probability* from all of them — far less variance on
 the few hundred training queries a protocol pair has, which is where the graph router's own
