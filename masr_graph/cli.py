@@ -364,11 +364,11 @@ async def _train(args: argparse.Namespace) -> int:
         if entry is None:
             decision = "routes per query"
         elif entry == PLAN_OUTCOMES:
-            decision = ("routes per query by the plan outcome model (it beat the router on "
-                        "validation)")
+            decision = ("routes per query by the plan outcome model (the validation gate "
+                        "chose it over the router)")
         else:
             fixed = policy.library[entry]
-            decision = (f"fixed plan (it beat the router on validation): {fixed.mode} "
+            decision = (f"fixed plan (the validation gate chose it over the router): {fixed.mode} "
                         f"{list(fixed.llms)}")
         print(f"  λ={lam:g}: {decision}")
     print(f"{_spent(runtime)}{f' ({note})' if note and note not in _spent(runtime) else ''}")

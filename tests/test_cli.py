@@ -71,7 +71,7 @@ def test_route_prints_the_policys_plan_at_each_lambda(tmp_path: Path) -> None:
             assert re.search(rf"agents +{plan.k}\n", block)
             agents = re.findall(r"agent (\d): role (.+?), LLM (\S+)", block)
             assert [(a[1], a[2]) for a in agents] == list(zip(plan.roles, plan.llms))
-            assert ("fixed plan that beat the router" in block) == gated
+            assert ("fixed plan the validation gate chose" in block) == gated
             if not gated:
                 shown = float(re.search(r"library's: (\d\.\d{3})", block).group(1))
                 assert shown == pytest.approx(plan.probs["plan"], abs=1e-3)

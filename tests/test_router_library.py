@@ -19,6 +19,8 @@ from masr_graph.router.library import (
     LibraryPolicy,
     LibraryTrainer,
     choose_fallbacks,
+    gate_from_evidence,
+    validation_gate,
     validation_utility,
 )
 from masr_graph.router.plan_outcomes import PlanOutcomeModel
@@ -119,6 +121,25 @@ def test_validation_keeps_the_best_weights_not_the_last():
     assert trainer.best_step == best.step
     assert validation_utility(router, vocab, flipped, (0.0,))[0.0] == pytest.approx(
         best.validation_utility[0.0])
+
+
+def test_the_gate_keeps_the_router_only_where_it_leads_its_fallback_by_more_than_noise():
+    router, vocab = make_router(), small_vocab()
+    train = outcomes(QUERIES, HARD)
+    LibraryTrainer(router, vocab, train, train, LibraryConfig(
+        lambdas=(100.0, 1e4), steps=150, batch_size=8, learning_rate=1e-2,
+        eval_every=50)).fit()
+    gate, model = validation_gate(router, vocab, train, train, (100.0, 1e4), regularisations=())
+    assert model is None
+    # λ = 100: per-query plans (0.919) against the best constant, the team everywhere (0.8),
+    # lead by 0.119 with a standard error of 0.035; λ = 1e4: the router picks the cheap LLM on
+    # every query, exactly the fallback's plan: no lead, so the fallback
+    assert gate == {100.0: None, 1e4: 0}
+    lead = {"router": 0.62, "fixed": 0.60, "fixed_plan": 3, "fixed_rule": "best mean"}
+    assert gate_from_evidence({0.0: {**lead, "difference_se": 0.03}}) == {0.0: 3}
+    assert gate_from_evidence({0.0: {**lead, "difference_se": 0.01}}) == {0.0: None}
+    assert gate_from_evidence({0.0: {**lead, "difference_se": 0.01}},
+                              against_router=False) == {0.0: 3}
 
 
 def test_outcomes_are_validated():

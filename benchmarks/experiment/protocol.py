@@ -424,6 +424,7 @@ class PairRun:
                      else entry for lam, entry in gate[self.domain].items()},
             "gate_evidence": {f"{lam:g}": {"router_validation_utility": e["router"],
                                            "fixed_validation_utility": e["fixed"],
+                                           "difference_standard_error": e["difference_se"],
                                            "fixed_plan": None if e["fixed_plan"] is None
                                            else plan_key(self.library[e["fixed_plan"]]),
                                            "fixed_rule": e["fixed_rule"],

@@ -81,9 +81,11 @@ class PairReport:
     middle_lambda: float = 0.0
     gate: dict[float, dict[str, Any]] = field(default_factory=dict)
     """Per λ, MasRouter's validation gate over its seeds (:func:`_gate_summary`):
-    ``fixed_share`` (seeds where the fallback beat the graph router on validation), mean
-    ``router`` and ``fixed`` (the fallback's, held out) validation utility, the fallback's
-    ``rules``, and the cross-validated ``constant_cv`` and ``outcomes_cv`` utilities."""
+    ``fixed_share`` (seeds on the fallback: the graph router did not beat it on validation by
+    more than one standard error), mean ``router`` and ``fixed`` (the fallback's, held out)
+    validation utility, the mean standard error ``difference_se`` of their paired difference
+    (``nan`` for runs older than it), the fallback's ``rules``, and the cross-validated
+    ``constant_cv`` and ``outcomes_cv`` utilities."""
 
     def score(self, method: str, cost_lambda: float) -> Optional[MethodScore]:
         for score in self.scores:
@@ -159,6 +161,7 @@ def _gate_summary(run: PairRun) -> dict[float, dict[str, Any]]:
                 "fallback": curve["gate"].get(lam) is not None,
                 "router": entry["router_validation_utility"],
                 "fixed": entry["fixed_validation_utility"],
+                "difference_se": entry.get("difference_standard_error", float("nan")),
                 "rule": entry.get("fixed_rule", "best mean"),
                 "constant_cv": max((v for k, v in scores.items() if k in FIXED_PLAN_RULES),
                                    default=float("nan")),
@@ -167,6 +170,7 @@ def _gate_summary(run: PairRun) -> dict[float, dict[str, Any]]:
     return {lam: {"fixed_share": float(np.mean([d["fallback"] for d in rows])),
                   "router": float(np.mean([d["router"] for d in rows])),
                   "fixed": float(np.mean([d["fixed"] for d in rows])),
+                  "difference_se": float(np.mean([d["difference_se"] for d in rows])),
                   "rules": sorted({d["rule"] for d in rows}),
                   "constant_cv": float(np.mean([d["constant_cv"] for d in rows])),
                   "outcomes_cv": float(np.mean([d["outcomes_cv"] for d in rows]))}
@@ -271,9 +275,10 @@ def target_checks(reports: Sequence[PairReport]) -> list[TargetCheck]:
         if not ok and one_plan:
             detail += (f" (one plan shown best: cross-validated, a constant plan "
                        f"({gate['constant_cv']:.4f}) was at least as good as per-query routing "
-                       f"by plan outcomes ({gate['outcomes_cv']:.4f}), and held out on "
-                       f"validation it beat the graph router's per-query plans, "
-                       f"{gate['fixed']:.3f} vs {gate['router']:.3f}, on every seed)")
+                       f"by plan outcomes ({gate['outcomes_cv']:.4f}), and on every seed the "
+                       f"graph router's per-query plans did not beat it, held out on "
+                       f"validation, by more than a standard error: {gate['fixed']:.3f} vs "
+                       f"{gate['router']:.3f} (SE {gate['difference_se']:.3f}))")
         varied.append((ok or one_plan, detail))
     checks.append(TargetCheck(
         f"plans vary with the query at the middle λ (>= {MIN_DISTINCT_PLANS} distinct teams, none "
@@ -354,11 +359,13 @@ def report_markdown(reports: Sequence[PairReport], checks: Sequence[TargetCheck]
             f"{r.regret[lam]:+.4f}" if lam in r.regret else "–" for lam in lams) + " | | |")
         if r.gate:
             lines.append("| MasRouter's validation gate: share of seeds on the fallback "
-                         "(validation utility: fallback, held out, vs graph router; the "
+                         "(validation utility: fallback, held out, vs graph router, and the "
+                         "standard error of their difference — the lead the router needs; the "
                          "fallback's rule) | "
                          + " | ".join(
                              f"{r.gate[lam]['fixed_share']:.0%} ({r.gate[lam]['fixed']:.3f} vs "
-                             f"{r.gate[lam]['router']:.3f}; {', '.join(r.gate[lam]['rules'])})"
+                             f"{r.gate[lam]['router']:.3f}, SE {r.gate[lam]['difference_se']:.3f}; "
+                             f"{', '.join(r.gate[lam]['rules'])})"
                              if lam in r.gate else "–"
                              for lam in lams) + " | | |")
         lines.append("")
