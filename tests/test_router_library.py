@@ -140,6 +140,12 @@ def test_the_gate_keeps_the_router_only_where_it_leads_its_fallback_by_more_than
     assert gate_from_evidence({0.0: {**lead, "difference_se": 0.01}}) == {0.0: None}
     assert gate_from_evidence({0.0: {**lead, "difference_se": 0.01}},
                               against_router=False) == {0.0: 3}
+    # the gate before this rule: any lead, ties going to the router
+    tie = {**lead, "router": 0.60, "difference_se": 0.0}
+    assert gate_from_evidence({0.0: tie}) == {0.0: 3}
+    assert gate_from_evidence({0.0: tie}, lead_in_standard_errors=0.0) == {0.0: None}
+    assert gate_from_evidence({0.0: {**lead, "difference_se": 0.03}},
+                              lead_in_standard_errors=0.0) == {0.0: None}
 
 
 def test_outcomes_are_validated():

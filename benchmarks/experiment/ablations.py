@@ -13,6 +13,8 @@ plan outside the library is scored like any other). :data:`VARIANTS`:
   beat it on validation;
 * ``constant fallbacks only`` — the fallback is a constant plan, never the plan outcome model;
 * ``fallback only`` — the fallback at every λ: the graph router's plans are never used;
+* ``any validation lead`` — the gate keeps the graph router's plans wherever they are at least
+  as good as the fallback on validation, not only where they lead by more than a standard error;
 * ``one router per λ`` — no λ input: a separate router trained at each λ;
 * ``independent LLM slots`` — each slot's LLM chosen without seeing earlier slots' LLMs
   (``RouterConfig.team_aware_llms=False``);
@@ -79,6 +81,8 @@ class Variant:
         gate: apply the validation gate.
         outcome_fallback: the plan outcome model may be the fallback (else constant plans only).
         graph_router: the gate may keep the graph router's plans (else the fallback always).
+        lead_in_standard_errors: the validation lead over the fallback, in standard errors of
+            their paired difference, the gate needs to keep the graph router's plans (0: any).
         library_decoding: route to the library's most probable plan (else stage-wise greedy).
         model_selection: keep the weights of best validation utility (else the last step's).
         train_queries: train on the first this many training queries (``None``: all).
@@ -94,6 +98,7 @@ class Variant:
     gate: bool = True
     outcome_fallback: bool = True
     graph_router: bool = True
+    lead_in_standard_errors: float = 1.0
     library_decoding: bool = True
     model_selection: bool = True
     train_queries: Optional[int] = None
@@ -123,6 +128,8 @@ VARIANTS: tuple[Variant, ...] = (
             "outcome model", outcome_fallback=False),
     Variant("fallback only", "the cross-validated fallback at every λ, never the graph "
             "router's plans", graph_router=False),
+    Variant("any validation lead", "the gate keeps the graph router's plans on any validation "
+            "lead, not only on one of more than a standard error", lead_in_standard_errors=0.0),
     Variant("one router per λ", "no λ input: a router trained at each λ alone", per_lambda=True),
     Variant("independent LLM slots", "slots do not see earlier slots' LLMs",
             router={"team_aware_llms": False}),
@@ -304,7 +311,8 @@ class AblationRun:
                 router, vocab, train, validation, lambdas,
                 regularisations=OUTCOME_REGULARISATIONS if variant.outcome_fallback else (),
                 fallbacks=run.fallbacks() if shared else None,
-                against_router=variant.graph_router)
+                against_router=variant.graph_router,
+                lead_in_standard_errors=variant.lead_in_standard_errors)
             gate = {run.domain: task_gate}
             models = {run.domain: outcome_model} if outcome_model is not None else {}
             save_checkpoint(path, router, vocab, library=train.plans, gate=gate,

@@ -641,12 +641,13 @@ def gate_evidence(router: MasRouter, vocab: NodeVocab, train: LibraryOutcomes,
     return evidence, fallbacks.outcome_model
 
 
-def gate_from_evidence(evidence: dict[float, dict[str, Any]], *, against_router: bool = True
-                       ) -> dict[float, GateEntry]:
+def gate_from_evidence(evidence: dict[float, dict[str, Any]], *, against_router: bool = True,
+                       lead_in_standard_errors: float = 1.0) -> dict[float, GateEntry]:
     """Per λ: ``None`` (the router) where the router's validation utility beats its fallback's
-    by more than one standard error of their paired difference, else the fallback: a constant
-    plan's index or :data:`PLAN_OUTCOMES`. ``against_router=False``: the fallback at every λ
-    (the graph router is never used).
+    by more than ``lead_in_standard_errors`` standard errors of their paired difference (0: by
+    any lead, ties going to the router — the gate before this rule), else the fallback: a
+    constant plan's index or :data:`PLAN_OUTCOMES`. ``against_router=False``: the fallback at
+    every λ (the graph router is never used).
 
     Why a lead of one standard error, not any lead: the router's checkpoint was chosen on these
     validation queries, so its validation utility is biased upwards, while the fallback's is
@@ -655,7 +656,13 @@ def gate_from_evidence(evidence: dict[float, dict[str, Any]], *, against_router:
     routers of commit 288fca7: a lead of any size kept the router in 43 of 135 (pair, λ, seed)
     cells, where it lost 0.003 test utility on average; a lead of one standard error kept it in
     7, where it gained 0.006.)"""
-    return {lam: None if against_router and e["router"] - e["fixed"] > e["difference_se"] else
+    def keeps_router(e: dict[str, Any]) -> bool:
+        lead = e["router"] - e["fixed"]
+        if lead_in_standard_errors == 0:
+            return lead >= 0
+        return lead > lead_in_standard_errors * e["difference_se"]
+
+    return {lam: None if against_router and keeps_router(e) else
             (PLAN_OUTCOMES if e["fixed_plan"] is None else int(e["fixed_plan"]))
             for lam, e in evidence.items()}
 
@@ -663,10 +670,12 @@ def gate_from_evidence(evidence: dict[float, dict[str, Any]], *, against_router:
 def validation_gate(router: MasRouter, vocab: NodeVocab, train: LibraryOutcomes,
                     validation: LibraryOutcomes, lambdas: Sequence[float], *,
                     regularisations: Sequence[float] = OUTCOME_REGULARISATIONS,
-                    fallbacks: Optional[Fallbacks] = None, against_router: bool = True
+                    fallbacks: Optional[Fallbacks] = None, against_router: bool = True,
+                    lead_in_standard_errors: float = 1.0
                     ) -> tuple[dict[float, GateEntry], Optional[PlanOutcomeModel]]:
     """The gate of :func:`gate_from_evidence` and the plan outcome model it may name (see
     :class:`LibraryPolicy`; arguments as there and in :func:`gate_evidence`)."""
     evidence, model = gate_evidence(router, vocab, train, validation, lambdas,
                                     regularisations=regularisations, fallbacks=fallbacks)
-    return gate_from_evidence(evidence, against_router=against_router), model
+    return gate_from_evidence(evidence, against_router=against_router,
+                              lead_in_standard_errors=lead_in_standard_errors), model
