@@ -9,6 +9,7 @@ from masr_graph.llm.types import LLMSpec
 from masr_graph.router import (
     DEFAULT_TASKS, LLMNode, MasRouter, ModeNode, NodeVocab, RoleNode, TextEncoder,
 )
+from masr_graph.router.encoder import text_key
 from masr_graph.router.graph import build_static_graph
 from masr_graph.runtime.roles import load_roles
 from masr_graph.runtime.topology import get_topology, topology_names
@@ -90,6 +91,26 @@ def test_encoder_encodes_each_distinct_text_once_and_persists(tmp_path):
     # The cache never changes what the model computes.
     torch.testing.assert_close(encoder.encode(["epsilon"], use_cache=False), again[1:],
                                atol=1e-5, rtol=1e-4)
+
+
+def test_encoders_sharing_a_cache_file_keep_each_others_embeddings(tmp_path):
+    """Two runs side by side on one --out: each saves what it encoded; neither drops the other's
+    embeddings, and a text both encoded keeps the one saved first."""
+    path = tmp_path / "emb.pt"
+    first, second = TextEncoder(path), TextEncoder(path)  # both open before either saves
+    mine = first.encode(["only the first run's query", "a query both runs see"])
+    first.save_cache()
+    second.encode(["only the second run's query", "a query both runs see"])
+    second._cache[text_key("a query both runs see")] = torch.zeros(384)  # as if encoded apart
+    second.save_cache()
+
+    reloaded = TextEncoder(path)
+    cached = reloaded.encode(["only the first run's query", "only the second run's query",
+                              "a query both runs see"])
+    assert reloaded.texts_encoded == 0 and len(reloaded) == 3
+    torch.testing.assert_close(cached[0], mine[0])
+    torch.testing.assert_close(cached[2], mine[1])  # the file's, saved first
+    assert not (tmp_path / "emb.pt.tmp").exists()
 
 
 def test_encoder_cache_is_bounded_and_refuses_foreign_files(tmp_path):

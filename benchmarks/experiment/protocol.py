@@ -94,7 +94,10 @@ its float reductions depend on the thread count, and 300 sampled training steps 
 difference into another router, so one count everywhere makes one seed give one router — the
 grid's units serial or on Ray (where a 1-CPU task gets one thread anyway), ``ablations.py``,
 ``masr train`` and ``masr eval`` alike. Measured: a serial training of llmrouter gsm8k takes
-64 s on one thread against 61 s on two."""
+64 s on one thread against 61 s on two. The same holds for the query embeddings: MiniLM's
+differ by about 1e-7 with the batch a text is encoded in, so a run re-encoding what its
+embedding cache lost trains other routers from the same seed (seen when two runs side by side
+replaced each other's cache file; :meth:`~masr_graph.router.TextEncoder.save_cache` now merges)."""
 MAX_VOTE_POOL = 5
 
 

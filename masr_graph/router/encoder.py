@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any, Optional, Sequence, Union
 
 import torch
+from filelock import FileLock
 from torch import Tensor
 
 from ..errors import ConfigError
@@ -151,9 +152,14 @@ class TextEncoder:
         return emb.detach().to("cpu", torch.float32).clone()
 
     def save_cache(self, path: Optional[Union[str, Path]] = None) -> Path:
-        """Write the cache to ``path`` (default: the ``cache_path`` given at construction).
+        """Write the cache to ``path`` (default: the ``cache_path`` given at construction),
+        merged with what the file holds by then.
 
-        The file is replaced atomically, so a crash never leaves a truncated cache.
+        The file is replaced atomically, so a crash never leaves a truncated cache; reading,
+        merging and replacing hold a lock file (``<path>.lock``), so processes that share a
+        cache (two ``run_all.py`` side by side on one ``--out``) never drop each other's
+        embeddings. A text in both keeps the file's embedding: the one already persisted, which
+        whatever was computed from it used.
 
         Returns:
             The path written.
@@ -165,21 +171,28 @@ class TextEncoder:
         if target is None:
             raise ConfigError("save_cache needs a path: pass one or construct with cache_path=")
         target.parent.mkdir(parents=True, exist_ok=True)
-        keys = list(self._cache)
-        payload = {
-            "format": _CACHE_FORMAT,
-            "model": MODEL_NAME,
-            "keys": keys,
-            "embeddings": (
-                torch.stack([self._cache[k] for k in keys]) if keys else torch.empty(0, self.dim)
-            ),
-        }
-        tmp = target.with_name(target.name + ".tmp")
-        torch.save(payload, tmp)
-        os.replace(tmp, target)
+        with FileLock(str(target) + ".lock"):
+            merged = self._read_cache(target) if target.exists() else OrderedDict()
+            for key, row in self._cache.items():
+                merged.setdefault(key, row)
+            keys = list(merged)
+            payload = {
+                "format": _CACHE_FORMAT,
+                "model": MODEL_NAME,
+                "keys": keys,
+                "embeddings": (
+                    torch.stack([merged[k] for k in keys]) if keys else torch.empty(0, self.dim)
+                ),
+            }
+            tmp = target.with_name(target.name + ".tmp")
+            torch.save(payload, tmp)
+            os.replace(tmp, target)
         return target
 
     def _load_cache(self, path: Path) -> None:
+        self._cache.update(self._read_cache(path))
+
+    def _read_cache(self, path: Path) -> "OrderedDict[str, Tensor]":
         try:
             payload = torch.load(path, map_location="cpu", weights_only=True)
         except Exception as exc:  # torch raises several unrelated types for a bad file
@@ -196,5 +209,4 @@ class TextEncoder:
                 f"embedding cache {path} is corrupt: {len(payload['keys'])} keys but embeddings "
                 f"of shape {tuple(embeddings.shape)}; delete it"
             )
-        for key, row in zip(payload["keys"], embeddings):
-            self._cache[key] = row.clone()
+        return OrderedDict((key, row.clone()) for key, row in zip(payload["keys"], embeddings))
