@@ -146,6 +146,8 @@ def test_the_gate_keeps_the_router_only_where_it_leads_its_fallback_by_more_than
     assert gate_from_evidence({0.0: tie}, lead_in_standard_errors=0.0) == {0.0: None}
     assert gate_from_evidence({0.0: {**lead, "difference_se": 0.03}},
                               lead_in_standard_errors=0.0) == {0.0: None}
+    with pytest.raises(ConfigError, match="lead_in_standard_errors must be >= 0"):
+        gate_from_evidence({0.0: tie}, lead_in_standard_errors=-1.0)
 
 
 def test_outcomes_are_validated():
