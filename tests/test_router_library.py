@@ -227,6 +227,31 @@ def test_a_clearly_better_costly_plan_is_kept_and_plans_not_run_everywhere_never
                          _embeddings(3), [0.0], folds=5)
 
 
+def test_preferring_the_cheapest_constant_takes_a_small_cross_validated_lead_for_noise():
+    queries = 150
+    correct = torch.zeros(queries, 2)
+    correct[:100, :] = 1.0  # both plans solve the same 100 queries...
+    extra = torch.randperm(50, generator=torch.Generator().manual_seed(1))[:5] + 100
+    correct[extra, 1] = 1.0  # ...and the costly one 5 more: +0.033, less 0.02 for its cost
+    cost = torch.tensor([[0.0, 2e-4]]).repeat(queries, 1)
+    pooled = LibraryOutcomes(LIBRARY[:2], tuple(f"q{i}" for i in range(queries)), correct, cost)
+    split = pooled.subset(range(100)), pooled.subset(range(100, 150))
+    silent = torch.zeros(queries, 16)
+    best = choose_fallbacks(*split, silent, [100.0], regularisations=()).by_lambda[100.0]
+    assert (best.rule, best.plan) == ("best mean", 1)  # 0.005 ahead in cross-validation...
+    cheapest = choose_fallbacks(*split, silent, [100.0], regularisations=(),
+                                prefer_cheapest_constant=True).by_lambda[100.0]
+    assert (cheapest.rule, cheapest.plan) == ("one standard error", 0)  # ...within one SE
+    assert cheapest.cross_validated == best.cross_validated
+    # a clearly better costly plan (solving everything) is still the fallback (both rules pick it)
+    correct[:, 1] = 1.0
+    clear = LibraryOutcomes(LIBRARY[:2], pooled.queries, correct, cost)
+    choice = choose_fallbacks(clear.subset(range(100)), clear.subset(range(100, 150)), silent,
+                              [100.0], regularisations=(),
+                              prefer_cheapest_constant=True).by_lambda[100.0]
+    assert choice.plan == 1
+
+
 def _split_by_topic(queries: int, seed: int = 0) -> tuple[torch.Tensor, LibraryOutcomes]:
     """Two topics the embedding shows (its first coordinate, ±1; the others are noise): the
     cheap plan solves topic A, the costly one topic B, a team both at a high price."""

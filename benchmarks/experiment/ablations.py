@@ -15,6 +15,9 @@ plan outside the library is scored like any other). :data:`VARIANTS`:
 * ``fallback only`` — the fallback at every λ: the graph router's plans are never used;
 * ``any validation lead`` — the gate keeps the graph router's plans wherever they are at least
   as good as the fallback on validation, not only where they lead by more than a standard error;
+* ``cheapest constant unless beaten`` — the fallback is the one-standard-error constant unless
+  the cross-validated best candidate leads it by more than a standard error (an alternative
+  measured, not adopted: see the README);
 * ``one router per λ`` — no λ input: a separate router trained at each λ;
 * ``independent LLM slots`` — each slot's LLM chosen without seeing earlier slots' LLMs
   (``RouterConfig.team_aware_llms=False``);
@@ -53,6 +56,7 @@ from masr_graph.router.library import (
     LibraryOutcomes,
     LibraryPolicy,
     LibraryTrainer,
+    pooled_fallbacks,
     validation_gate,
     validation_utility,
 )
@@ -83,6 +87,8 @@ class Variant:
         graph_router: the gate may keep the graph router's plans (else the fallback always).
         lead_in_standard_errors: the validation lead over the fallback, in standard errors of
             their paired difference, the gate needs to keep the graph router's plans (0: any).
+        prefer_cheapest_constant: the fallback's choice of
+            :func:`~masr_graph.router.library.choose_fallbacks` with that flag.
         library_decoding: route to the library's most probable plan (else stage-wise greedy).
         model_selection: keep the weights of best validation utility (else the last step's).
         train_queries: train on the first this many training queries (``None``: all).
@@ -99,6 +105,7 @@ class Variant:
     outcome_fallback: bool = True
     graph_router: bool = True
     lead_in_standard_errors: float = 1.0
+    prefer_cheapest_constant: bool = False
     library_decoding: bool = True
     model_selection: bool = True
     train_queries: Optional[int] = None
@@ -130,6 +137,9 @@ VARIANTS: tuple[Variant, ...] = (
             "router's plans", graph_router=False),
     Variant("any validation lead", "the gate keeps the graph router's plans on any validation "
             "lead, not only on one of more than a standard error", lead_in_standard_errors=0.0),
+    Variant("cheapest constant unless beaten", "the fallback is the one-standard-error constant "
+            "unless another candidate leads it in cross-validation by more than a standard "
+            "error", prefer_cheapest_constant=True),
     Variant("one router per λ", "no λ input: a router trained at each λ alone", per_lambda=True),
     Variant("independent LLM slots", "slots do not see earlier slots' LLMs",
             router={"team_aware_llms": False}),
@@ -305,12 +315,19 @@ class AblationRun:
                 points = [{"step": p.step, "validation_utility": p.validation_utility}
                           for p in trainer.fit()]
                 best_step = trainer.best_step
-            shared = (variant.trains_like_masrouter and variant.outcome_fallback
-                      and len(lambdas) > 1)  # the same outcomes and sweep as MasRouter's
+            regularisations = OUTCOME_REGULARISATIONS if variant.outcome_fallback else ()
+            if variant.prefer_cheapest_constant:
+                fallbacks = pooled_fallbacks(run.encoder, train, validation, lambdas,
+                                             regularisations=regularisations,
+                                             prefer_cheapest_constant=True)
+            elif (variant.trains_like_masrouter and variant.outcome_fallback
+                  and len(lambdas) > 1):  # the same outcomes and sweep as MasRouter's
+                fallbacks = run.fallbacks()
+            else:
+                fallbacks = None
             task_gate, outcome_model = validation_gate(
-                router, vocab, train, validation, lambdas,
-                regularisations=OUTCOME_REGULARISATIONS if variant.outcome_fallback else (),
-                fallbacks=run.fallbacks() if shared else None,
+                router, vocab, train, validation, lambdas, regularisations=regularisations,
+                fallbacks=fallbacks,
                 against_router=variant.graph_router,
                 lead_in_standard_errors=variant.lead_in_standard_errors)
             gate = {run.domain: task_gate}

@@ -526,7 +526,8 @@ class Fallbacks:
 def choose_fallbacks(train: LibraryOutcomes, validation: LibraryOutcomes,
                      embeddings: torch.Tensor, lambdas: Sequence[float], *, folds: int = 5,
                      seed: int = 0,
-                     regularisations: Sequence[float] = OUTCOME_REGULARISATIONS) -> Fallbacks:
+                     regularisations: Sequence[float] = OUTCOME_REGULARISATIONS,
+                     prefer_cheapest_constant: bool = False) -> Fallbacks:
     """MasRouter's fallback for a one-task library at each λ: the best of a constant plan (by
     either rule of :data:`FIXED_PLAN_RULES`) and per-query routing by a
     :class:`~.plan_outcomes.PlanOutcomeModel`, chosen by ``folds``-fold cross-validation on the
@@ -539,6 +540,12 @@ def choose_fallbacks(train: LibraryOutcomes, validation: LibraryOutcomes,
     candidate on all pooled queries, each out of sample. The outcome model's regularisation is
     chosen once per task among ``regularisations`` (best cross-validated utility averaged over
     ``lambdas``; none: constant plans only). Only plans run on every query compete.
+
+    ``prefer_cheapest_constant``: the candidate of best cross-validated utility replaces the
+    one-standard-error constant only where it leads it by more than one standard error of their
+    paired held-out difference (the cross-validated winner of three candidates is itself picked
+    with a winner's curse); default: the best cross-validated candidate (kept as an ablation,
+    ``benchmarks/ablations.py``).
 
     Raises:
         ConfigError: ``folds`` below 2 or more than the queries, or embeddings of another
@@ -595,6 +602,11 @@ def choose_fallbacks(train: LibraryOutcomes, validation: LibraryOutcomes,
         if best_c is not None:
             candidates[PLAN_OUTCOMES] = scores[f"{PLAN_OUTCOMES} C={best_c:g}"]
         rule = max(candidates, key=lambda name: float(candidates[name].mean()))
+        if prefer_cheapest_constant:
+            cheapest = candidates["one standard error"]
+            lead = candidates[rule] - cheapest
+            if not float(lead.mean()) > float(lead.std() / math.sqrt(size)):
+                rule = "one standard error"
         plan = (None if rule == PLAN_OUTCOMES else
                 int(runnable[_pick_by_rule(rule, correct - lam * cost, cost)]))
         by_lambda[lam] = Fallback(rule, plan, {name: float(v.mean()) for name, v in
@@ -604,12 +616,14 @@ def choose_fallbacks(train: LibraryOutcomes, validation: LibraryOutcomes,
 
 def pooled_fallbacks(encoder: TextEncoder, train: LibraryOutcomes, validation: LibraryOutcomes,
                      lambdas: Sequence[float], *,
-                     regularisations: Sequence[float] = OUTCOME_REGULARISATIONS) -> Fallbacks:
+                     regularisations: Sequence[float] = OUTCOME_REGULARISATIONS,
+                     prefer_cheapest_constant: bool = False) -> Fallbacks:
     """:func:`choose_fallbacks` on the embeddings of the training and validation queries. It
     depends on the outcomes only, not on a router: compute it once for all seeds of a pair."""
     embeddings = encoder.encode(list(train.queries) + list(validation.queries))
     return choose_fallbacks(train, validation, embeddings, lambdas,
-                            regularisations=regularisations)
+                            regularisations=regularisations,
+                            prefer_cheapest_constant=prefer_cheapest_constant)
 
 
 def gate_evidence(router: MasRouter, vocab: NodeVocab, train: LibraryOutcomes,
