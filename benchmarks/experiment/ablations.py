@@ -316,18 +316,16 @@ class AblationRun:
                           for p in trainer.fit()]
                 best_step = trainer.best_step
             regularisations = OUTCOME_REGULARISATIONS if variant.outcome_fallback else ()
-            if variant.prefer_cheapest_constant:
-                fallbacks = pooled_fallbacks(run.encoder, train, validation, lambdas,
-                                             regularisations=regularisations,
-                                             prefer_cheapest_constant=True)
-            elif (variant.trains_like_masrouter and variant.outcome_fallback
-                  and len(lambdas) > 1):  # the same outcomes and sweep as MasRouter's
-                fallbacks = run.fallbacks()
+            if (variant.trains_like_masrouter and variant.outcome_fallback
+                    and len(lambdas) > 1):  # the same outcomes and sweep as MasRouter's
+                fallbacks = run.fallbacks(
+                    prefer_cheapest_constant=variant.prefer_cheapest_constant)
             else:
-                fallbacks = None
+                fallbacks = pooled_fallbacks(
+                    run.encoder, train, validation, lambdas, regularisations=regularisations,
+                    prefer_cheapest_constant=variant.prefer_cheapest_constant)
             task_gate, outcome_model = validation_gate(
-                router, vocab, train, validation, lambdas, regularisations=regularisations,
-                fallbacks=fallbacks,
+                router, vocab, train, validation, lambdas, fallbacks=fallbacks,
                 against_router=variant.graph_router,
                 lead_in_standard_errors=variant.lead_in_standard_errors)
             gate = {run.domain: task_gate}

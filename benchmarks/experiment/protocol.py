@@ -268,7 +268,7 @@ class PairRun:
             if library_file.exists() else [])
         self.train_outcomes: Optional[LibraryOutcomes] = None
         self.validation_outcomes: Optional[LibraryOutcomes] = None
-        self._fallbacks: Optional[Fallbacks] = None
+        self._fallbacks: dict[bool, Fallbacks] = {}
 
     def _check_backend(self) -> None:
         """Refuse to resume outputs made by another backend: a different collaboration rule,
@@ -369,19 +369,21 @@ class PairRun:
         try:
             self.train_outcomes = outcomes.matrix(self.library, self.data.train)
             self.validation_outcomes = outcomes.matrix(self.library, self.data.validation)
-            self._fallbacks = None
+            self._fallbacks = {}
         finally:
             outcomes.close()
 
-    def fallbacks(self) -> Fallbacks:
-        """MasRouter's cross-validated fallbacks (:func:`pooled_fallbacks` over the sweep),
-        computed once per loaded outcomes: they depend on the library outcomes only, so every
-        seed's training shares them (6–15 s of model fits per pair here)."""
-        if self._fallbacks is None:
+    def fallbacks(self, *, prefer_cheapest_constant: bool = False) -> Fallbacks:
+        """MasRouter's cross-validated fallbacks (:func:`pooled_fallbacks` over the sweep;
+        ``prefer_cheapest_constant`` as there, for its ablation), computed once per loaded
+        outcomes: they depend on the library outcomes only, so every seed's training shares
+        them (6–15 s of model fits per pair here)."""
+        if prefer_cheapest_constant not in self._fallbacks:
             train, validation = self._require_prepared()
-            self._fallbacks = pooled_fallbacks(self.encoder, train, validation,
-                                               self.settings.lambdas)
-        return self._fallbacks
+            self._fallbacks[prefer_cheapest_constant] = pooled_fallbacks(
+                self.encoder, train, validation, self.settings.lambdas,
+                prefer_cheapest_constant=prefer_cheapest_constant)
+        return self._fallbacks[prefer_cheapest_constant]
 
     def _require_prepared(self) -> tuple[LibraryOutcomes, LibraryOutcomes]:
         if self.train_outcomes is None or self.validation_outcomes is None:

@@ -500,14 +500,21 @@ class Fallback:
     held_out: torch.Tensor
 
 
+def _paired_standard_error(difference: torch.Tensor) -> torch.Tensor:
+    """Standard error of the mean of per-query differences ``[N]`` (or ``[N, P]``, per column)
+    between two policies; 0 with fewer than two queries."""
+    if len(difference) < 2:
+        return torch.zeros(difference.shape[1:], dtype=difference.dtype)
+    return difference.std(0) / math.sqrt(len(difference))
+
+
 def _pick_by_rule(rule: str, utility: torch.Tensor, cost: torch.Tensor) -> int:
     mean = utility.mean(0)
     best = int(mean.argmax())
     if rule == "best mean":
         return best
     difference = utility - utility[:, best:best + 1]
-    standard_error = difference.std(0) / math.sqrt(len(utility)) if len(utility) > 1 else 0.0
-    close = (difference.mean(0) >= -standard_error).nonzero().flatten()
+    close = (difference.mean(0) >= -_paired_standard_error(difference)).nonzero().flatten()
     close_cost = cost.mean(0)[close]
     cheapest = close[close_cost <= close_cost.min()]
     return int(cheapest[mean[cheapest].argmax()])  # equal costs: the better mean
@@ -603,9 +610,8 @@ def choose_fallbacks(train: LibraryOutcomes, validation: LibraryOutcomes,
             candidates[PLAN_OUTCOMES] = scores[f"{PLAN_OUTCOMES} C={best_c:g}"]
         rule = max(candidates, key=lambda name: float(candidates[name].mean()))
         if prefer_cheapest_constant:
-            cheapest = candidates["one standard error"]
-            lead = candidates[rule] - cheapest
-            if not float(lead.mean()) > float(lead.std() / math.sqrt(size)):
+            lead = candidates[rule] - candidates["one standard error"]
+            if not float(lead.mean()) > float(_paired_standard_error(lead)):
                 rule = "one standard error"
         plan = (None if rule == PLAN_OUTCOMES else
                 int(runnable[_pick_by_rule(rule, correct - lam * cost, cost)]))
@@ -648,8 +654,7 @@ def gate_evidence(router: MasRouter, vocab: NodeVocab, train: LibraryOutcomes,
         difference = router_utility - fixed_utility
         evidence[lam] = {"router": float(router_utility.mean()),
                          "fixed": float(fixed_utility.mean()),
-                         "difference_se": (float(difference.std() / math.sqrt(len(difference)))
-                                           if len(difference) > 1 else 0.0),
+                         "difference_se": float(_paired_standard_error(difference)),
                          "fixed_plan": choice.plan, "fixed_rule": choice.rule,
                          "cross_validated": choice.cross_validated}
     return evidence, fallbacks.outcome_model
@@ -659,18 +664,15 @@ def gate_from_evidence(evidence: dict[float, dict[str, Any]], *, against_router:
                        lead_in_standard_errors: float = 1.0) -> dict[float, GateEntry]:
     """Per λ: ``None`` (the router) where the router's validation utility beats its fallback's
     by more than ``lead_in_standard_errors`` standard errors of their paired difference (0: by
-    any lead, ties going to the router — the gate before this rule), else the fallback: a
-    constant plan's index or :data:`PLAN_OUTCOMES`. ``against_router=False``: the fallback at
-    every λ (the graph router is never used).
+    any lead, ties going to the router, the ``any validation lead`` ablation), else the
+    fallback: a constant plan's index or :data:`PLAN_OUTCOMES`. ``against_router=False``: the
+    fallback at every λ (the graph router is never used).
 
     Why a lead of one standard error, not any lead: the router's checkpoint was chosen on these
     validation queries, so its validation utility is biased upwards, while the fallback's is
     held out; and, as with :data:`FIXED_PLAN_RULES`, where the data cannot tell two policies
-    apart the simpler, cross-validated one is kept. (Measured offline on the protocol's 27
-    routers of commit 288fca7: a lead of any size kept the router in 43 of 135 (pair, λ, seed)
-    cells, where it lost 0.003 test utility on average; a lead of one standard error kept it in
-    7, where it gained 0.006 — a rule chosen after looking at those test outcomes; the
-    protocol's rerun with it, on the same splits, kept it in 7 cells, gaining 0.005.)
+    apart the simpler, cross-validated one is kept (what it changed on the protocol's pairs:
+    the README's results and ablations).
 
     Raises:
         ConfigError: ``lead_in_standard_errors`` below 0.
