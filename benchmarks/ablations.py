@@ -10,7 +10,8 @@ where LLMs differ by subject). With the same ``--out`` as ``run_all.py`` it reus
 splits, library outcomes and trained MasRouters; every variant's checkpoints and cells are
 stored too, so a rerun resumes. Variants and measurements:
 :mod:`masr_graph.benchmarks.experiment.ablations`. Writes ``ablations.md`` and
-``ablations.json`` to ``--out``.
+``ablations.json`` to ``--out``, for this invocation's pairs and variants (an earlier
+invocation's tables are replaced; its cells stay stored and are reused).
 
 Exit status: as ``run_all.py`` (0 done, 1 error, 2 bad command line, 3 budget stop, 130
 interrupted; :mod:`masr_graph.exit_status`).
