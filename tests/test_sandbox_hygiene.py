@@ -82,15 +82,17 @@ def wait_until(condition, timeout_s: float, what: str) -> float:  # type: ignore
 
 CALLER = textwrap.dedent(
     """
-    import shutil, sys
-    hidden = set(sys.argv[2].split(",")) - {""}
+    import os, shutil, sys
+    hidden = set(sys.argv[1].split(",")) - {""}
     real_which = shutil.which
     shutil.which = lambda name, **kw: None if name in hidden else real_which(name, **kw)
     from masr_graph.runtime.sandbox import run_python
     print("calling", flush=True)
-    run_python(sys.argv[1], timeout_s=60)
+    run_python(os.environ["MASR_TEST_CODE"], timeout_s=60)
     """
 )
+"""The code comes in the environment, not the command line: the caller's forks before exec (the
+janitor's, the launcher's) would otherwise carry the marker and pass for the run's processes."""
 
 
 @pytest.mark.parametrize(
@@ -111,8 +113,8 @@ def test_killing_the_caller_kills_the_run_and_removes_everything(tmp_path, hidde
     tmp = tmp_path / "tmp"
     tmp.mkdir()
     caller = subprocess.Popen(
-        [sys.executable, "-c", CALLER, code, hidden],
-        env={**os.environ, "TMPDIR": str(tmp)},
+        [sys.executable, "-c", CALLER, hidden],
+        env={**os.environ, "TMPDIR": str(tmp), "MASR_TEST_CODE": code},
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
     )
@@ -132,6 +134,49 @@ def test_killing_the_caller_kills_the_run_and_removes_everything(tmp_path, hidde
     finally:
         caller.kill()
         caller.wait()
+        for pid in processes_with_marker(marker):
+            os.kill(pid, signal.SIGKILL)
+
+
+def test_a_run_is_registered_with_the_janitor_before_its_directory_exists(private_tmp, monkeypatch):
+    """Else a caller killed between making the directory and registering it leaves it behind."""
+    from masr_graph.runtime.sandbox.janitor import JANITOR
+
+    registered = []
+    real_register = JANITOR.register
+
+    def register(run_id, workdir, cgroups):  # type: ignore[no-untyped-def]
+        registered.append((Path(workdir).exists(), [Path(g).exists() for g in cgroups]))
+        real_register(run_id, workdir, cgroups)
+
+    monkeypatch.setattr(JANITOR, "register", register)
+    assert run_python("print(1)").stdout.strip() == "1"
+    assert registered == [(False, [False] * len(registered[0][1]))]
+    assert_clean(private_tmp)
+
+
+def test_the_janitor_finds_a_run_whose_process_group_it_was_never_told(tmp_path):
+    """The caller may die after launching a run but before sending its process group: the
+    janitor then finds the launcher by the work directory on its command line."""
+    from masr_graph.runtime.sandbox import cleanup
+
+    workdir = tmp_path / "masr-sandbox-0-0-run"
+    workdir.mkdir()
+    marker = f"masr-unannounced-{uuid.uuid4().hex}"
+    argv = f"[sys.executable, '-c', {SLEEPER!r}, {marker!r}]"
+    spawn = f"import subprocess, sys\nsubprocess.Popen({argv})\n"
+    launcher = subprocess.Popen(
+        [sys.executable, "-c", spawn + SLEEPER, str(workdir), marker], start_new_session=True
+    )
+    try:
+        wait_until(lambda: len(processes_with_marker(marker)) >= 2, 30, "the run started")
+        cleanup.remove_run({"workdir": str(workdir), "cgroups": []}, None)
+        assert launcher.wait(10) == -signal.SIGKILL
+        wait_until(lambda: not processes_with_marker(marker), 10, "the run's processes died")
+        assert not workdir.exists()
+    finally:
+        launcher.kill()
+        launcher.wait()
         for pid in processes_with_marker(marker):
             os.kill(pid, signal.SIGKILL)
 

@@ -103,14 +103,15 @@ def kill_process_group(pgid: int, workdir: str) -> None:
 
     A process group's id cannot be reused while the group has members, so the only risk is an
     empty group whose number went to a new, unrelated process: its command line (where /proc
-    exists) then lacks the run's work directory, which every launcher of ours carries."""
+    exists) then lacks the run's work directory, which every launcher of ours carries. An empty
+    command line is a zombie leader, which still holds the id."""
     try:
         command_line = Path(f"/proc/{pgid}/cmdline").read_bytes()
     except FileNotFoundError:
-        command_line = None  # leader gone (or no /proc): members may remain
+        command_line = b""  # leader gone (or no /proc): members may remain
     except OSError:
         return
-    if command_line is not None and os.fsencode(workdir) not in command_line:
+    if command_line and os.fsencode(workdir) not in command_line:
         return
     try:
         os.killpg(pgid, signal.SIGKILL)
@@ -118,11 +119,30 @@ def kill_process_group(pgid: int, workdir: str) -> None:
         pass
 
 
+def group_leaders_carrying(workdir: str) -> list[int]:
+    """Process group leaders with ``workdir`` in their command line: the run's launcher (and
+    any process of the run that made itself a leader), for a caller that died after launching
+    the run but before telling the janitor its process group."""
+    needle = os.fsencode(workdir)
+    try:
+        entries = [int(entry) for entry in os.listdir("/proc") if entry.isdigit()]
+    except OSError:
+        return []
+    leaders = []
+    for pid in entries:
+        try:
+            if needle in Path(f"/proc/{pid}/cmdline").read_bytes() and os.getpgid(pid) == pid:
+                leaders.append(pid)
+        except OSError:
+            continue  # exited meanwhile
+    return leaders
+
+
 def remove_run(run: dict, pgid: Optional[int]) -> None:
     """Kill a run's processes and remove its cgroups and work directory (best effort: each
     step is tried even if an earlier one failed)."""
-    if pgid is not None:
-        kill_process_group(pgid, run["workdir"])
+    for leader in [pgid] if pgid is not None else group_leaders_carrying(run["workdir"]):
+        kill_process_group(leader, run["workdir"])
     for group in run["cgroups"]:
         try:
             remove_cgroup(Path(group))

@@ -13,6 +13,7 @@ import asyncio
 import concurrent.futures
 import itertools
 import os
+import secrets
 import shutil
 import signal
 import tempfile
@@ -104,7 +105,9 @@ async def execute(
 ) -> SandboxResult:
     """Run ``code`` once with ``setup`` (arguments already validated; see ``arun_python``)."""
     run_id = f"{os.getpid()}-{next(_run_numbers)}"
-    workdir = Path(tempfile.mkdtemp(prefix=f"{RUN_PREFIX}{run_id}-"))
+    # Named, not made: the janitor must know the directory before it exists, or a caller killed
+    # between making and registering it would leave it behind (as mkdtemp would).
+    workdir = Path(tempfile.gettempdir(), f"{RUN_PREFIX}{run_id}-{secrets.token_hex(6)}")
     cgroups = RunCgroups(setup.cgroups, f"{RUN_PREFIX}{run_id}")
     status_read = status_write = report_write = -1
     transport: Optional[asyncio.SubprocessTransport] = None
@@ -112,6 +115,7 @@ async def execute(
     loop = asyncio.get_running_loop()
     try:
         JANITOR.register(run_id, str(workdir), [str(path) for path in cgroups.paths])
+        os.mkdir(workdir, 0o700)
         bootstrap.write_inputs(workdir, code, files)
         cgroups.create(limits)
         status_read, status_write = os.pipe()
