@@ -11,12 +11,15 @@ MasRouter's own role stage staffs plans outside the library):
   three copies of the best single LLM on the training queries;
 * majority votes (IO) of three distinct LLMs, and of five, over the *team LLMs*;
 * debates of three distinct team LLMs;
-* escalation teams: two or three of the cheaper team LLMs answer, one more LLM (any team LLM)
-  answers only when they disagree.
+* escalation teams: two or three of the cheaper team LLMs answer, one more LLM (any team LLM, or
+  one of the pool's :data:`ESCALATION_EXPERTS` most accurate) answers only when they disagree.
 
 The team LLMs are the pool's LLMs on the accuracy–cost Pareto front of the training queries plus
 the most accurate ones, at most :data:`MAX_TEAM_LLMS`, so the library stays a few hundred plans
-even for a pool of 43.
+even for a pool of 43. In a large pool the front alone fills them from its cheap end, which
+would leave the strongest LLMs out of every team; an escalation asks its expert only where the
+cheap voters disagree (a tenth to a fifth of GSM8K's queries in the ZeroEval world), so there
+the strongest LLMs are worth their price, and they stay available as experts.
 
 Outcomes (:class:`OutcomeStore`) are kept per (plan, query) in SQLite next to the run, so a
 rerun executes only what is missing; they are the same executions any method pays for on real
@@ -48,6 +51,9 @@ from .pipeline import Pipeline
 
 MAX_TEAM_LLMS = 8
 """Most LLMs combined into teams (votes, debates, escalations)."""
+ESCALATION_EXPERTS = 2
+"""The pool's most accurate LLMs (on the training queries) that escalations may ask, team LLMs
+or not."""
 TEAM_SIZE = 3
 LARGE_VOTE = 5
 
@@ -120,8 +126,10 @@ def build_library(llms: Sequence[str], domain: str, singles: SingleOutcomes, *,
     for members in itertools.combinations(by_accuracy[:LARGE_VOTE + 1], LARGE_VOTE):
         add("IO", sorted(members, key=lambda name: singles.cost[name]))
     cheaper = team[: max(2, (len(team) + 1) // 2)]
+    strongest = sorted(llms, key=lambda name: (-singles.accuracy[name], singles.cost[name]))
+    experts = list(dict.fromkeys([*team, *strongest[:ESCALATION_EXPERTS]]))
     for voters in (*itertools.combinations(cheaper, 2), *itertools.combinations(cheaper, 3)):
-        for expert in team:
+        for expert in experts:
             if expert not in voters:
                 add("Escalation", [*voters, expert])
     unique: dict[str, Plan] = {}
