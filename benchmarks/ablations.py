@@ -10,8 +10,9 @@ where LLMs differ by subject). With the same ``--out`` as ``run_all.py`` it reus
 splits, library outcomes and trained MasRouters; every variant's checkpoints and cells are
 stored too, so a rerun resumes. Variants and measurements:
 :mod:`masr_graph.benchmarks.experiment.ablations`. Writes ``ablations.md`` and
-``ablations.json`` to ``--out``, for this invocation's pairs and variants (an earlier
-invocation's tables are replaced; its cells stay stored and are reused).
+``ablations.json`` to ``--out``: this invocation's pairs, with the variants it ran, and the
+pairs of earlier invocations into the same ``--out`` that it did not run (each section names
+its settings; a pair run again is replaced whole; every cell stays stored and is reused).
 
 Exit status: as ``run_all.py`` (0 done, 1 error, 2 bad command line, 3 budget stop, 130
 interrupted; :mod:`masr_graph.exit_status`).
@@ -21,6 +22,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import os
 import sys
 import time
 import uuid
@@ -41,7 +43,11 @@ from masr_graph.benchmarks.experiment.protocol import (
     protocol_threads,
 )
 from masr_graph.benchmarks.experiment.wiring import open_runtime
-from masr_graph.benchmarks.reporting.ablations import ablation_markdown, ablations_json
+from masr_graph.benchmarks.reporting.ablations import (
+    ablations_document,
+    ablations_json,
+    merge_ablations,
+)
 from masr_graph.benchmarks.reporting.protocol import pair_report
 from masr_graph.errors import BudgetExceeded
 from masr_graph.exit_status import (
@@ -113,7 +119,7 @@ async def _run(args: argparse.Namespace) -> int:
     encoder = TextEncoder(cache_path=out / "embeddings.pt")
     budget = Budget(args.max_usd) if args.max_usd is not None else None
     run_id = f"ablations-{time.strftime('%Y%m%dT%H%M%S')}-{uuid.uuid4().hex[:6]}"
-    sections, reports, runs = [], [], []
+    reports, runs = [], []
     try:
         for pair in args.pairs:
             run = PairRun(pair, settings, out, encoder, args.data_dir)
@@ -136,19 +142,37 @@ async def _run(args: argparse.Namespace) -> int:
                 report = pair_report(run, [*masrouter, *cells])
                 reports.append(report)
                 runs.append(ablations)
-                sections.append(ablation_markdown(report, ablations))
             encoder.save_cache()
     except BudgetExceeded as stop:
         raise BudgetStop(stop, kept=f"finished cells are stored under {out}") from None
     finally:
-        if sections:
-            (out / "ablations.md").write_text(
-                f"# masr_graph ablations\n\n- **settings**: {settings}\n\n" + "\n".join(sections),
-                encoding="utf-8")
-            (out / "ablations.json").write_text(json.dumps(ablations_json(reports, runs),
-                                                           indent=1, default=str))
+        if reports:
+            tables = merge_ablations(stored_tables(out / "ablations.json"),
+                                     ablations_json(reports, runs, str(settings)))
+            write_replacing(out / "ablations.json", json.dumps(tables, indent=1, default=str))
+            write_replacing(out / "ablations.md", ablations_document(tables))
     print((out / "ablations.md").read_text(encoding="utf-8"))
     return 0
+
+
+def stored_tables(path: Path) -> dict:
+    """The pairs an earlier invocation wrote to ``ablations.json`` (none if there is no file;
+    an unreadable one is named on stderr and its tables are not kept, its cells are)."""
+    try:
+        stored = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        return {}
+    except (OSError, ValueError) as exc:
+        print(f"warning: {path} is unreadable ({exc}); its tables are replaced", file=sys.stderr)
+        return {}
+    return stored if isinstance(stored, dict) else {}
+
+
+def write_replacing(path: Path, text: str) -> None:
+    """Write ``text`` to ``path`` through a temporary file, so a crash leaves the old file."""
+    partial = path.with_name(f"{path.name}.{os.getpid()}.tmp")
+    partial.write_text(text, encoding="utf-8")
+    partial.replace(path)
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:

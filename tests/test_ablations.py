@@ -3,6 +3,7 @@ real pipeline, the data-efficiency, inductive and plug-in tables are written, an
 without training or running anything again."""
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
@@ -78,3 +79,22 @@ def test_ablations_run_as_cells_and_resume(tmp_path: Path, capsys, monkeypatch):
     capsys.readouterr()
     assert ablations.main([*TINY, "--out", str(out), *only]) == 0
     assert (out / "ablations.md").read_text() == markdown
+
+    # Another pair's invocation (which trains: training is allowed again) adds its section and
+    # keeps this one's.
+    monkeypatch.undo()
+    other = [arg if arg != "gsm8k" else "mbpp" for arg in TINY]
+    assert ablations.main([*other, "--out", str(out), "--only", "fallback only"]) == 0
+    both = (out / "ablations.md").read_text()
+    gsm8k_section = markdown.split("## llmrouter-all-gsm8k", 1)[1]
+    assert both.startswith("# masr_graph ablations")
+    assert both.split("## llmrouter-all-mbpp")[0].rstrip().endswith(gsm8k_section.rstrip())
+    mbpp_section = both.split("## llmrouter-all-mbpp", 1)[1]
+    assert "| fallback only |" in mbpp_section and "| no validation gate |" not in mbpp_section
+    assert set(json.loads((out / "ablations.json").read_text())) == {
+        "llmrouter-all-gsm8k", "llmrouter-all-mbpp"}
+    # Running the first pair again replaces its section in place.
+    assert ablations.main([*TINY, "--out", str(out), "--only", "fallback only"]) == 0
+    again = (out / "ablations.md").read_text()
+    assert again.index("## llmrouter-all-gsm8k") < again.index("## llmrouter-all-mbpp")
+    assert "| no validation gate |" not in again and again.endswith(mbpp_section)

@@ -4,7 +4,7 @@ gap and the plug-in teams."""
 from __future__ import annotations
 
 import json
-from typing import Any, Optional, Sequence
+from typing import Any, Mapping, Optional, Sequence
 
 import numpy as np
 
@@ -189,8 +189,32 @@ def _plan_share(report: PairReport, method: str, llm: str) -> str:
     return f"{distribution['llm_shares'].get(llm, 0.0):.0%} of agent slots"
 
 
-def ablations_json(reports: Sequence[PairReport], runs: Sequence[AblationRun]) -> dict[str, Any]:
-    return {report.pair: {"variants": variant_rows(report, run),
+def ablations_json(reports: Sequence[PairReport], runs: Sequence[AblationRun],
+                   settings: str) -> dict[str, Any]:
+    """Per pair: its tables' figures, the settings they were measured with, and its section of
+    ``ablations.md`` (so that a later invocation on other pairs keeps it)."""
+    return {report.pair: {"settings": settings,
+                          "markdown": ablation_markdown(report, run),
+                          "variants": variant_rows(report, run),
                           "data_efficiency": data_efficiency(report, run),
                           "plug_in": plug_in_rows(report, run)}
             for report, run in zip(reports, runs)}
+
+
+def merge_ablations(stored: Mapping[str, Any], current: Mapping[str, Any]) -> dict[str, Any]:
+    """The pairs of an earlier invocation's ``ablations.json`` (in their order) with this
+    invocation's pairs in their place or after them. A pair run again is replaced whole, with
+    this invocation's variants; entries written before sections were stored are dropped."""
+    merged = {pair: current.get(pair, entry) for pair, entry in stored.items()
+              if pair in current or (isinstance(entry, dict) and "markdown" in entry)}
+    merged.update({pair: entry for pair, entry in current.items() if pair not in merged})
+    return merged
+
+
+def ablations_document(entries: Mapping[str, Any]) -> str:
+    """``ablations.md``: every pair's section, each with the settings it was measured with."""
+    sections = []
+    for entry in entries.values():
+        heading, _, rest = entry["markdown"].partition("\n")
+        sections.append(f"{heading}\n\n- **settings**: {entry['settings']}\n{rest}")
+    return "# masr_graph ablations\n\n" + "\n".join(sections)
