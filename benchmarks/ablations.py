@@ -22,7 +22,6 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
-import os
 import sys
 import time
 import uuid
@@ -42,6 +41,7 @@ from masr_graph.benchmarks.experiment.protocol import (
     ProtocolSettings,
     protocol_threads,
 )
+from masr_graph.benchmarks.experiment.pipeline import write_atomically
 from masr_graph.benchmarks.experiment.wiring import open_runtime
 from masr_graph.benchmarks.reporting.ablations import (
     ablations_document,
@@ -149,8 +149,8 @@ async def _run(args: argparse.Namespace) -> int:
         if reports:
             tables = merge_ablations(stored_tables(out / "ablations.json"),
                                      ablations_json(reports, runs, str(settings)))
-            write_replacing(out / "ablations.json", json.dumps(tables, indent=1, default=str))
-            write_replacing(out / "ablations.md", ablations_document(tables))
+            write_atomically(out / "ablations.json", json.dumps(tables, indent=1, default=str))
+            write_atomically(out / "ablations.md", ablations_document(tables))
     print((out / "ablations.md").read_text(encoding="utf-8"))
     return 0
 
@@ -166,13 +166,6 @@ def stored_tables(path: Path) -> dict:
         print(f"warning: {path} is unreadable ({exc}); its tables are replaced", file=sys.stderr)
         return {}
     return stored if isinstance(stored, dict) else {}
-
-
-def write_replacing(path: Path, text: str) -> None:
-    """Write ``text`` to ``path`` through a temporary file, so a crash leaves the old file."""
-    partial = path.with_name(f"{path.name}.{os.getpid()}.tmp")
-    partial.write_text(text, encoding="utf-8")
-    partial.replace(path)
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:

@@ -315,14 +315,14 @@ class AblationRun:
                 points = [{"step": p.step, "validation_utility": p.validation_utility}
                           for p in trainer.fit()]
                 best_step = trainer.best_step
-            regularisations = OUTCOME_REGULARISATIONS if variant.outcome_fallback else ()
             if (variant.trains_like_masrouter and variant.outcome_fallback
                     and len(lambdas) > 1):  # the same outcomes and sweep as MasRouter's
                 fallbacks = run.fallbacks(
                     prefer_cheapest_constant=variant.prefer_cheapest_constant)
             else:
                 fallbacks = pooled_fallbacks(
-                    run.encoder, train, validation, lambdas, regularisations=regularisations,
+                    run.encoder, train, validation, lambdas,
+                    regularisations=OUTCOME_REGULARISATIONS if variant.outcome_fallback else (),
                     prefer_cheapest_constant=variant.prefer_cheapest_constant)
             task_gate, outcome_model = validation_gate(
                 router, vocab, train, validation, lambdas, fallbacks=fallbacks,

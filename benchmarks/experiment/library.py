@@ -17,9 +17,11 @@ MasRouter's own role stage staffs plans outside the library):
 The team LLMs are the pool's LLMs on the accuracy–cost Pareto front of the training queries plus
 the most accurate ones, at most :data:`MAX_TEAM_LLMS`, so the library stays a few hundred plans
 even for a pool of 43. In a large pool the front alone fills them from its cheap end, which
-would leave the strongest LLMs out of every team; an escalation asks its expert only where the
-cheap voters disagree (a tenth to a fifth of GSM8K's queries in the ZeroEval world), so there
-the strongest LLMs are worth their price, and they stay available as experts.
+would leave the strongest LLMs out of every team; an escalation pays its expert only where the
+cheap voters disagree (on ZeroEval GSM8K's training and validation queries: 6–12 % of them for
+the ``paper5`` pool's escalations, 11–50 % for the ``all`` pool's, whose cheapest voters are
+weaker), so there the strongest LLMs can be worth their price, and they stay available as
+experts.
 
 Outcomes (:class:`OutcomeStore`) are kept per (plan, query) in SQLite next to the run, so a
 rerun executes only what is missing; they are the same executions any method pays for on real

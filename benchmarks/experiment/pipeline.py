@@ -10,7 +10,6 @@ from __future__ import annotations
 import asyncio
 import functools
 import hashlib
-import json
 import sqlite3
 import threading
 from collections import Counter
@@ -243,8 +242,9 @@ class Pipeline:
         return result
 
 
-def dump_json(path: Path, payload: object) -> None:
-    """Write JSON atomically (a crash leaves the old file or the new one, never half of one)."""
+def write_atomically(path: Path, text: str) -> None:
+    """Write ``text`` atomically (a crash leaves the old file or the new one, never half of
+    one)."""
     tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_text(json.dumps(payload, indent=2, default=str), encoding="utf-8")
+    tmp.write_text(text, encoding="utf-8")
     tmp.replace(path)

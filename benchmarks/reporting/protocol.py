@@ -26,6 +26,7 @@ import numpy as np
 
 from masr_graph.router.library import FIXED_PLAN_RULES, PLAN_OUTCOMES
 
+from ..experiment.pipeline import write_atomically
 from ..experiment.protocol import MASROUTER, ORACLE, Cell, PairRun
 from .fronts import (
     accuracy_cost_front,
@@ -398,14 +399,10 @@ def write_report(reports: Sequence[PairReport], meta: dict[str, Any],
                  out: Path) -> list[TargetCheck]:
     """Write ``results.md``, ``results.json``, ``fronts.png`` and ``plans.png`` to ``out``."""
     checks = target_checks(reports)
-    markdown = out / "results.md.tmp"
-    markdown.write_text(report_markdown(reports, checks, meta), encoding="utf-8")
-    markdown.replace(out / "results.md")
+    write_atomically(out / "results.md", report_markdown(reports, checks, meta))
     payload = {"meta": meta, "targets": [asdict(c) for c in checks],
                "pairs": [asdict(r) for r in reports]}
-    tmp = out / "results.json.tmp"
-    tmp.write_text(json.dumps(payload, indent=1, default=str), encoding="utf-8")
-    tmp.replace(out / "results.json")
+    write_atomically(out / "results.json", json.dumps(payload, indent=1, default=str))
     panels = []
     for r in reports:
         methods = defaultdict(list)
