@@ -13,6 +13,8 @@ stored too, so a rerun resumes. Variants and measurements:
 ``ablations.json`` to ``--out``: this invocation's pairs, with the variants it ran, and the
 pairs of earlier invocations into the same ``--out`` that it did not run (each section names
 its settings; a pair run again is replaced whole; every cell stays stored and is reused).
+Invocations into one ``--out`` may run side by side on different pairs: a file lock
+(``ablations.lock``) serialises their merge, so neither drops the other's tables.
 
 Exit status: as ``run_all.py`` (0 done, 1 error, 2 bad command line, 3 budget stop, 130
 interrupted; :mod:`masr_graph.exit_status`).
@@ -27,6 +29,8 @@ import time
 import uuid
 from pathlib import Path
 from typing import Optional, Sequence
+
+from filelock import FileLock
 
 from masr_graph.benchmarks.experiment.ablations import (
     INDUCTIVE,
@@ -147,12 +151,21 @@ async def _run(args: argparse.Namespace) -> int:
         raise BudgetStop(stop, kept=f"finished cells are stored under {out}") from None
     finally:
         if reports:
-            tables = merge_ablations(stored_tables(out / "ablations.json"),
-                                     ablations_json(reports, runs, str(settings)))
-            write_atomically(out / "ablations.json", json.dumps(tables, indent=1, default=str))
-            write_atomically(out / "ablations.md", ablations_document(tables))
+            store_tables(out, ablations_json(reports, runs, str(settings)))
     print((out / "ablations.md").read_text(encoding="utf-8"))
     return 0
+
+
+def store_tables(out: Path, current: dict) -> dict:
+    """Merge this invocation's pairs into ``out``'s ``ablations.json`` and rewrite it and
+    ``ablations.md``; returns the merged tables. Two invocations into one ``--out`` (say one per
+    world, side by side) each read, merge and write: the lock keeps one from dropping the
+    other's pairs."""
+    with FileLock(str(out / "ablations.lock")):
+        tables = merge_ablations(stored_tables(out / "ablations.json"), current)
+        write_atomically(out / "ablations.json", json.dumps(tables, indent=1, default=str))
+        write_atomically(out / "ablations.md", ablations_document(tables))
+    return tables
 
 
 def stored_tables(path: Path) -> dict:

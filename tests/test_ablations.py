@@ -98,3 +98,31 @@ def test_ablations_run_as_cells_and_resume(tmp_path: Path, capsys, monkeypatch):
     again = (out / "ablations.md").read_text()
     assert again.index("## llmrouter-all-gsm8k") < again.index("## llmrouter-all-mbpp")
     assert "| no validation gate |" not in again and again.endswith(mbpp_section)
+
+
+def test_store_tables_waits_for_another_invocation_into_the_same_out(tmp_path: Path):
+    """Two invocations into one --out each read, merge and write the tables: while another
+    holds the lock (and writes its pair), this one waits, then keeps that pair."""
+    import threading
+
+    from filelock import FileLock
+
+    def entry(pair: str) -> dict:
+        return {pair: {"settings": "tiny", "markdown": f"## {pair}\n\n| variant |\n"}}
+
+    other_invocation = FileLock(str(tmp_path / "ablations.lock"))
+    other_invocation.acquire()
+    waiting = threading.Thread(target=ablations.store_tables,
+                               args=(tmp_path, entry("llmrouter-all-gsm8k")))
+    waiting.start()
+    waiting.join(timeout=1.0)
+    assert waiting.is_alive() and not (tmp_path / "ablations.json").exists()
+    # what the other invocation writes while it holds the lock
+    (tmp_path / "ablations.json").write_text(json.dumps(entry("zeroeval-paper5-math")))
+    other_invocation.release()
+    waiting.join(timeout=30.0)
+    assert not waiting.is_alive()
+    assert list(json.loads((tmp_path / "ablations.json").read_text())) == [
+        "zeroeval-paper5-math", "llmrouter-all-gsm8k"]
+    document = (tmp_path / "ablations.md").read_text()
+    assert "## zeroeval-paper5-math" in document and "## llmrouter-all-gsm8k" in document
