@@ -156,16 +156,15 @@ async def _run(args: argparse.Namespace) -> int:
     return 0
 
 
-def store_tables(out: Path, current: dict) -> dict:
+def store_tables(out: Path, current: dict) -> None:
     """Merge this invocation's pairs into ``out``'s ``ablations.json`` and rewrite it and
-    ``ablations.md``; returns the merged tables. Two invocations into one ``--out`` (say one per
+    ``ablations.md``. Two invocations into one ``--out`` (say one per
     world, side by side) each read, merge and write: the lock keeps one from dropping the
     other's pairs."""
     with FileLock(str(out / "ablations.lock")):
         tables = merge_ablations(stored_tables(out / "ablations.json"), current)
         write_atomically(out / "ablations.json", json.dumps(tables, indent=1, default=str))
         write_atomically(out / "ablations.md", ablations_document(tables))
-    return tables
 
 
 def stored_tables(path: Path) -> dict:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import functools
 import hashlib
+import os
 import sqlite3
 import threading
 from collections import Counter
@@ -245,6 +246,8 @@ class Pipeline:
 def write_atomically(path: Path, text: str) -> None:
     """Write ``text`` atomically (a crash leaves the old file or the new one, never half of
     one)."""
-    tmp = path.with_suffix(path.suffix + ".tmp")
+    # a temporary of its own per process and thread: writers of one path side by side (two
+    # invocations into one --out) must not rename each other's half-written file
+    tmp = path.with_name(f"{path.name}.{os.getpid()}-{threading.get_ident()}.tmp")
     tmp.write_text(text, encoding="utf-8")
     tmp.replace(path)
