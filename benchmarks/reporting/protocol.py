@@ -7,7 +7,8 @@ reported as the mean over seeds — gets its test utility with a 95 % bootstrap 
 fixed modes, random plans) are scored at every λ from the same results. A method's front is its
 (cost, accuracy) points over the sweep; ``all single LLMs`` is the front of every single LLM's
 point, i.e. what choosing the right single LLM for the λ *in hindsight* would achieve (a generous
-baseline). Hypervolumes use a log cost axis spanning the pair's cheapest to dearest point and
+baseline, shown beside the hypervolume target but not competing in it: no user could run it).
+Hypervolumes use a log cost axis spanning the pair's cheapest to dearest point and
 accuracy from 0 to 1 (:func:`~masr_graph.benchmarks.reporting.fronts.hypervolume`).
 
 A cell counts only when all its test queries are stored; anything missing is listed, and the
@@ -248,20 +249,29 @@ def target_checks(reports: Sequence[PairReport]) -> list[TargetCheck]:
     largest = []
     for r in reports:
         if MASROUTER in r.hypervolumes:
-            others = {m: hv for m, hv in r.hypervolumes.items() if m != MASROUTER}
-            top = max(others.items(), key=lambda item: item[1], default=("none", 0.0))
+            # the hindsight front of all single LLMs is no method a user could run (it picks
+            # the LLM per cost level from test outcomes): shown beside, not competing
+            methods = {m: hv for m, hv in r.hypervolumes.items() if m not in (MASROUTER,
+                                                                                ALL_SINGLES)}
+            top = max(methods.items(), key=lambda item: item[1], default=("none", 0.0))
             mine = r.hypervolumes[MASROUTER]
-            largest.append((r.pair, mine >= top[1] - HYPERVOLUME_TIE, mine, top))
-    won = sum(1 for _, ok, _, _ in largest if ok)
+            envelope = r.hypervolumes.get(ALL_SINGLES, float("nan"))
+            largest.append((r.pair, mine >= top[1] - HYPERVOLUME_TIE, mine, top, envelope))
+    won = sum(1 for _, ok, _, _, _ in largest if ok)
+    above_envelope = sum(1 for _, _, hv, _, envelope in largest
+                         if hv >= envelope - HYPERVOLUME_TIE)
     needed = math.ceil(0.75 * len(largest))
     checks.append(TargetCheck(
-        f"MasRouter's front has the largest hypervolume (ties within {HYPERVOLUME_TIE} count, "
-        f"and are named) on at least 3/4 of the pairs ({needed} of {len(largest)})",
+        f"MasRouter's front has the largest hypervolume of all methods (ties within "
+        f"{HYPERVOLUME_TIE} count, and are named) on at least 3/4 of the pairs ({needed} of "
+        f"{len(largest)}); beside it, the front of {ALL_SINGLES} together, chosen in hindsight",
         won >= needed if largest else None,
-        f"{won} of {len(largest)}; "
-        + ", ".join(f"{p} {hv:.4f} (largest other: {top[0]} {top[1]:.4f}"
-                    + (", tied" if abs(hv - top[1]) <= HYPERVOLUME_TIE else "") + ")"
-                    for p, _, hv, top in largest)))
+        f"{won} of {len(largest)} (at least the hindsight front of {ALL_SINGLES}: "
+        f"{above_envelope} of {len(largest)}); "
+        + ", ".join(f"{p} {hv:.4f} (largest other method: {top[0]} {top[1]:.4f}"
+                    + (", tied" if abs(hv - top[1]) <= HYPERVOLUME_TIE else "")
+                    + f"; {ALL_SINGLES}: {envelope:.4f})"
+                    for p, _, hv, top, envelope in largest)))
     varied = []
     for r in reports:
         dist = r.distributions.get(MASROUTER)
@@ -374,10 +384,12 @@ def report_markdown(reports: Sequence[PairReport], checks: Sequence[TargetCheck]
                         and s.cost_lambda == r.middle_lambda), key=lambda s: -s.utility)
         if fixed:
             lines += [f"Every fixed method at λ={r.middle_lambda:g} (single LLMs, fixed modes, "
-                      "votes, random), best first:", "",
-                      "| method | kind | utility [95 % CI] · accuracy · $ per query | errors |",
-                      "|---|---|---|---:|"]
-            lines += [f"| {s.method} | {s.group} | {_fmt(s)} | {s.errors} |" for s in fixed]
+                      "votes, random), best first, with its front's hypervolume:", "",
+                      "| method | kind | utility [95 % CI] · accuracy · $ per query | "
+                      "hypervolume | errors |", "|---|---|---|---:|---:|"]
+            lines += [f"| {s.method} | {s.group} | {_fmt(s)} | "
+                      f"{r.hypervolumes.get(s.method, float('nan')):.4f} | {s.errors} |"
+                      for s in fixed]
             lines.append("")
         if r.distributions:
             lines += [f"Plans at λ={r.middle_lambda:g} over the test queries:", "",

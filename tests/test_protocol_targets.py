@@ -1,0 +1,112 @@
+"""The protocol's target checks (``results.md``'s "Targets" table): each target is met exactly
+when its figures say so, misses name the pairs and figures, and the hindsight front of all single
+LLMs together is shown beside the hypervolume target without counting as a method."""
+from __future__ import annotations
+
+import pytest
+
+from masr_graph.benchmarks.experiment.protocol import MASROUTER
+from masr_graph.benchmarks.reporting.protocol import (
+    ALL_SINGLES, MethodScore, PairReport, _comparisons, _fronts, report_markdown, target_checks,
+)
+
+LAMBDAS = (0.0, 100.0)
+
+
+def _score(pair: str, method: str, group: str, lam: float, accuracy: float,
+           usd: float) -> MethodScore:
+    utility = accuracy - lam * usd
+    return MethodScore(pair, method, group, lam, 3, 100, utility, utility - 0.05,
+                       utility + 0.05, accuracy, accuracy - 0.05, accuracy + 0.05, usd, 0,
+                       group in ("single LLM", "fixed vote"))
+
+
+def _report(pair: str, masrouter: dict[float, tuple[float, float]],
+            singles: dict[str, tuple[float, float]],
+            knn: dict[float, tuple[float, float]]) -> PairReport:
+    """A pair whose MasRouter, kNN router and single LLMs have the given (accuracy, $/query) per
+    λ (single LLMs: one point for every λ), with fronts and comparisons computed as
+    :func:`pair_report` does."""
+    report = PairReport(pair, lambdas=LAMBDAS, middle_lambda=100.0)
+    for lam in LAMBDAS:
+        report.scores.append(_score(pair, MASROUTER, "MasRouter", lam, *masrouter[lam]))
+        report.scores.append(_score(pair, "kNN router", "single-agent router", lam, *knn[lam]))
+        for name, point in singles.items():
+            report.scores.append(_score(pair, name, "single LLM", lam, *point))
+    _fronts(report)
+    _comparisons(report)
+    return report
+
+
+def _check(checks, prefix: str):
+    return next(c for c in checks if c.name.startswith(prefix))
+
+
+# Two single LLMs, each strong at one end of the cost range, and a dominated one that stretches
+# the cost axis: together (in hindsight) the first two have a larger front than either alone.
+SINGLES = {"cheap (IO)": (0.80, 1e-5), "dear (IO)": (0.95, 1e-3), "waste (IO)": (0.50, 1e-2)}
+
+
+def test_hypervolume_target_counts_methods_and_shows_the_hindsight_front_beside():
+    # MasRouter: cheap's accuracy at cheap's cost, and better than dear at a tenth of its cost
+    ahead = _report("ahead", {0.0: (0.96, 1e-4), 100.0: (0.80, 1e-5)}, SINGLES,
+                    {0.0: (0.90, 1e-3), 100.0: (0.80, 1e-5)})
+    # MasRouter: only the dear LLM's point, so the cheap LLM's front is larger
+    behind = _report("behind", {0.0: (0.95, 1e-3), 100.0: (0.95, 1e-3)}, SINGLES,
+                     {0.0: (0.95, 1e-4), 100.0: (0.80, 1e-5)})
+    # MasRouter equals the envelope: above each single LLM alone, tied with the envelope
+    envelope = _report("envelope", {0.0: (0.95, 1e-3), 100.0: (0.80, 1e-5)}, SINGLES,
+                       {0.0: (0.85, 1e-3), 100.0: (0.70, 1e-5)})
+    assert envelope.hypervolumes[ALL_SINGLES] > max(envelope.hypervolumes[name]
+                                                    for name in SINGLES)
+    check = _check(target_checks([ahead, behind, envelope]), "MasRouter's front has the largest")
+    # ceil(3/4 · 3) = 3 pairs needed; two of three are largest among methods
+    assert check.met is False
+    assert check.detail.startswith(f"2 of 3 (at least the hindsight front of {ALL_SINGLES}: "
+                                   "2 of 3)")
+    assert "behind" in check.detail and "largest other method: kNN router" in check.detail
+    assert f"{ALL_SINGLES}: {envelope.hypervolumes[ALL_SINGLES]:.4f}" in check.detail
+
+    # the envelope alone is larger than MasRouter on "ahead2": still the largest of all methods
+    ahead2 = _report("ahead2", {0.0: (0.95, 1e-3), 100.0: (0.79, 1e-5)}, SINGLES,
+                     {0.0: (0.90, 1e-3), 100.0: (0.70, 1e-5)})
+    assert ahead2.hypervolumes[MASROUTER] < ahead2.hypervolumes[ALL_SINGLES]
+    assert ahead2.hypervolumes[MASROUTER] > max(
+        hv for m, hv in ahead2.hypervolumes.items() if m not in (MASROUTER, ALL_SINGLES))
+    check = _check(target_checks([ahead, envelope, ahead2]), "MasRouter's front has the largest")
+    assert check.met is True
+    assert check.detail.startswith(f"3 of 3 (at least the hindsight front of {ALL_SINGLES}: "
+                                   "2 of 3)")
+
+
+def test_no_regret_and_single_agent_margin_targets_follow_their_figures():
+    singles = {"cheap (IO)": (0.80, 1e-5)}
+    good = _report("good", {0.0: (0.95, 1e-3), 100.0: (0.82, 1e-5)}, singles,
+                   {0.0: (0.95, 1e-3), 100.0: (0.80, 1e-5)})
+    checks = target_checks([good])
+    assert _check(checks, "no regret").met is True
+    margin = _check(checks, "beats the best single-agent router")
+    assert margin.met is True and "good +0.0200" in margin.detail
+
+    # 0.006 below the best baseline (the cheap LLM) at λ = 100: beyond the 0.005 tolerance
+    short = _report("short", {0.0: (0.95, 1e-3), 100.0: (0.794, 1e-5)}, singles,
+                    {0.0: (0.95, 1e-3), 100.0: (0.80, 1e-5)})
+    assert short.regret[100.0] == pytest.approx(0.006)
+    checks = target_checks([good, short])
+    regret = _check(checks, "no regret")
+    assert regret.met is False and "short +0.0060" in regret.detail
+    # one of two pairs ahead by 0.01 is half of them: met; a third pair behind breaks it
+    assert _check(checks, "beats the best single-agent router").met is True
+    tied = _report("tied", {0.0: (0.95, 1e-3), 100.0: (0.80, 1e-5)}, singles,
+                   {0.0: (0.95, 1e-3), 100.0: (0.80, 1e-5)})
+    margin = _check(target_checks([good, short, tied]), "beats the best single-agent router")
+    assert margin.met is False and margin.detail.startswith("1 of 3 pairs")
+
+
+def test_results_markdown_gives_each_fixed_method_its_hypervolume():
+    report = _report("good", {0.0: (0.95, 1e-3), 100.0: (0.82, 1e-5)}, SINGLES,
+                     {0.0: (0.95, 1e-3), 100.0: (0.80, 1e-5)})
+    text = report_markdown([report], target_checks([report]), {"status": "complete"})
+    row = next(line for line in text.splitlines() if line.startswith("| cheap (IO) |"))
+    assert f"| {report.hypervolumes['cheap (IO)']:.4f} |" in row
+    assert "largest hypervolume of all methods" in text
