@@ -45,7 +45,6 @@ from masr_graph.benchmarks.experiment.protocol import (
     ProtocolSettings,
     protocol_threads,
 )
-from masr_graph.benchmarks.experiment.pipeline import write_atomically
 from masr_graph.benchmarks.experiment.wiring import open_runtime
 from masr_graph.benchmarks.reporting.ablations import (
     ablations_document,
@@ -54,6 +53,7 @@ from masr_graph.benchmarks.reporting.ablations import (
 )
 from masr_graph.benchmarks.reporting.protocol import pair_report
 from masr_graph.errors import BudgetExceeded
+from masr_graph.files import write_atomically
 from masr_graph.exit_status import (
     BudgetStop,
     non_negative_float,

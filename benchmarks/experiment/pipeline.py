@@ -10,7 +10,6 @@ from __future__ import annotations
 import asyncio
 import functools
 import hashlib
-import os
 import sqlite3
 import threading
 from collections import Counter
@@ -243,11 +242,3 @@ class Pipeline:
         return result
 
 
-def write_atomically(path: Path, text: str) -> None:
-    """Write ``text`` atomically (a crash leaves the old file or the new one, never half of
-    one)."""
-    # a temporary of its own per process and thread: writers of one path side by side (two
-    # invocations into one --out) must not rename each other's half-written file
-    tmp = path.with_name(f"{path.name}.{os.getpid()}-{threading.get_ident()}.tmp")
-    tmp.write_text(text, encoding="utf-8")
-    tmp.replace(path)

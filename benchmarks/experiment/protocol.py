@@ -36,7 +36,6 @@ import contextlib
 import itertools
 import json
 import math
-import os
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Callable, Iterator, Optional, Sequence
@@ -45,6 +44,7 @@ import numpy as np
 import torch
 
 from masr_graph.errors import ConfigError
+from masr_graph.files import write_atomically
 from masr_graph.plan import Plan
 from masr_graph.replay import load_world, split_examples_of, world_split
 from masr_graph.replay.rules import DEFAULT_RULE
@@ -336,9 +336,8 @@ class PairRun:
         self.library = build_library(self.llms, self.domain, summary,
                                      team_limit=self.settings.team_llms)
         # Atomically: units in other processes read it while a rerun of prepare rewrites it.
-        tmp = self.out / f"library.json.{os.getpid()}.tmp"
-        tmp.write_text(json.dumps([plan_key(plan) for plan in self.library], indent=0))
-        tmp.replace(self.out / "library.json")
+        write_atomically(self.out / "library.json",
+                         json.dumps([plan_key(plan) for plan in self.library], indent=0))
         return ran
 
     async def execute_library(self, pipeline: Pipeline, index: int = 0, count: int = 1, *,

@@ -25,9 +25,9 @@ from typing import Any, Optional, Sequence
 
 import numpy as np
 
+from masr_graph.files import write_atomically
 from masr_graph.router.library import FIXED_PLAN_RULES, PLAN_OUTCOMES
 
-from ..experiment.pipeline import write_atomically
 from ..experiment.protocol import MASROUTER, ORACLE, Cell, PairRun
 from .fronts import (
     accuracy_cost_front,

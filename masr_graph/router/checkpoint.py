@@ -16,7 +16,6 @@ split seed, the training seed and the training-set size), written by the protoco
 """
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Collection, Optional, Sequence, Union
@@ -24,6 +23,7 @@ from typing import Any, Collection, Optional, Sequence, Union
 import torch
 
 from ..errors import ConfigError
+from ..files import replaced_atomically
 from ..plan import Plan
 from .controller import MasRouter, RouterConfig
 from .encoder import TextEncoder
@@ -120,9 +120,8 @@ def save_checkpoint(
     }
     if origin is not None:
         payload["origin"] = dict(origin)
-    tmp = target.with_name(target.name + ".tmp")
-    torch.save(payload, tmp)
-    os.replace(tmp, target)
+    with replaced_atomically(target) as temporary:
+        torch.save(payload, temporary)
     return target
 
 

@@ -23,6 +23,7 @@ from filelock import FileLock
 from torch import Tensor
 
 from ..errors import ConfigError
+from ..files import replaced_atomically
 
 MODEL_NAME = "sentence-transformers/all-MiniLM-L6-v2"
 """Identity of the bundled model; stored in cache files so caches of different models never mix."""
@@ -184,9 +185,8 @@ class TextEncoder:
                     torch.stack([merged[k] for k in keys]) if keys else torch.empty(0, self.dim)
                 ),
             }
-            tmp = target.with_name(target.name + ".tmp")
-            torch.save(payload, tmp)
-            os.replace(tmp, target)
+            with replaced_atomically(target) as temporary:
+                torch.save(payload, temporary)
         return target
 
     def _load_cache(self, path: Path) -> None:
