@@ -163,3 +163,62 @@ async def test_the_ledger_file_never_holds_the_api_key(server, tmp_path: Path, m
     assert {r.authorization for r in server.received} == {f"Bearer {secret}"}
     text = path.read_text()
     assert "<redacted>" in text and secret not in text
+
+
+def test_totals_kept_as_records_are_added_match_a_fresh_sum(tmp_path: Path):
+    """The running totals (what a grid's progress line reads twice a second) equal the sum over
+    the records, for records added from several threads and records the ledger started with; a
+    returned total is a copy, and a filtered total still sums only what it selects."""
+    import dataclasses
+    import random
+    import threading
+
+    from masr_graph.llm.types import CallRecord, UsageTotals
+
+    rng = random.Random(0)
+
+    def record(i: int) -> CallRecord:
+        return CallRecord(
+            llm=f"llm{i % 3}", model="m", prompt_tokens=rng.randint(0, 900),
+            completion_tokens=rng.randint(0, 300), cost_usd=rng.random() * 1e-3,
+            would_have_cost_usd=rng.random() * 1e-3, latency_s=rng.random(),
+            attempts=rng.randint(1, 3), cached=i % 4 == 0, usage_estimated=i % 5 == 0,
+            billed_failed_usd=rng.random() * 1e-4 if i % 7 == 0 else 0.0,
+            billed_failed_attempts=int(i % 7 == 0), estimated_usd=1e-5 * (i % 2),
+            estimated_attempts=i % 2, cost_estimated=i % 2 == 1,
+            error="timeout" if i % 9 == 0 else None)
+
+    records = [record(i) for i in range(2000)]
+    ledger = Ledger(records[:100], path=tmp_path / "ledger.jsonl")
+    threads = [threading.Thread(target=lambda part=part: [ledger.add(r) for r in part])
+               for part in (records[100:700], records[700:1400], records[1400:])]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+
+    expected = UsageTotals()
+    for r in records:  # summed field by field, independently of the ledger's own summing
+        for name in ("prompt_tokens", "completion_tokens", "attempts", "billed_failed_attempts",
+                     "estimated_attempts"):
+            setattr(expected, name, getattr(expected, name) + getattr(r, name))
+        for name in ("cost_usd", "would_have_cost_usd", "latency_s", "billed_failed_usd",
+                     "estimated_usd"):
+            setattr(expected, name, getattr(expected, name) + getattr(r, name))
+        expected.calls += 1
+        expected.cached_calls += r.cached
+        expected.failed_calls += r.error is not None
+        expected.estimated_usage_calls += r.usage_estimated
+        expected.estimated_cost_calls += r.cost_estimated
+    totals = ledger.totals()
+    for name, value in dataclasses.asdict(expected).items():
+        assert getattr(totals, name) == pytest.approx(value, rel=1e-12), name
+    assert totals.calls == 2000 and totals.failed_calls == sum(i % 9 == 0 for i in range(2000))
+
+    totals.cost_usd = -1.0  # a copy: the ledger's own total is unchanged
+    assert ledger.totals().cost_usd == pytest.approx(expected.cost_usd, rel=1e-12)
+    cheap = ledger.totals(lambda r: r.llm == "llm0")
+    assert cheap.calls == sum(1 for r in records if r.llm == "llm0")
+    assert cheap.cost_usd == pytest.approx(sum(r.cost_usd for r in records if r.llm == "llm0"))
+    # the 100 records it started with are not written, the 1900 added are
+    assert len(Ledger.from_jsonl(tmp_path / "ledger.jsonl")) == 1900
