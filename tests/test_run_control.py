@@ -358,7 +358,8 @@ def test_results_tables_have_an_errors_column():
     header = lines.index("| method | λ=0 | λ=100 | hypervolume | errors |")
     assert lines[header + 2].startswith("| MasRouter |")
     assert lines[header + 2].endswith("| 3 |")  # over both λ cells
-    fixed = lines.index("| method | kind | utility [95 % CI] · accuracy · $ per query | errors |")
+    fixed = lines.index("| method | kind | utility [95 % CI] · accuracy · $ per query | "
+                        "hypervolume | errors |")
     assert lines[fixed + 2].startswith("| gpt (IO) | single LLM |")
     assert lines[fixed + 2].endswith("| 3 |")  # one cell, shown at the middle λ
 
