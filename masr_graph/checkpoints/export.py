@@ -23,13 +23,13 @@ used (``used_ids.json``). For each pair, :func:`export_run`:
 from __future__ import annotations
 
 import json
-import os
 import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Optional, Sequence
 
 from ..errors import ConfigError
+from ..files import replaced_atomically
 from . import FOLDER, SUFFIX
 
 WORLD_NAMES = ("zeroeval", "llmrouter", "endpoints")
@@ -247,8 +247,6 @@ def export_checkpoint(source: Path, target: Path, origin: dict[str, Any],
     expected = {lam: original.route(queries, lam) for lam in grid} if queries else {}
     kept = (_half_safe_weights(loaded, load_checkpoint(source, encoder=encoder).router,
                                queries, grid) if queries else set())
-    target.parent.mkdir(parents=True, exist_ok=True)
-    candidate = target.with_name(target.name + ".partial")
 
     def write(path: Path, dtype: Optional[torch.dtype]) -> None:
         save_checkpoint(path, loaded.router, loaded.vocab, library=loaded.library,
@@ -256,17 +254,16 @@ def export_checkpoint(source: Path, target: Path, origin: dict[str, Any],
                         origin=merged, weights_dtype=dtype,
                         full_precision=kept)
 
-    write(candidate, torch.float16)
-    copy = LibraryPolicy.from_checkpoint(candidate, encoder=encoder)
-    changed = sum(a != b for lam in grid if queries
-                  for a, b in zip(expected[lam], copy.route(queries, lam)))
-    if changed:
-        candidate.unlink()
-        write(target, None)
-        dtype = "float32"
-    else:
-        os.replace(candidate, target)
-        dtype = "float16" + (f" ({len(kept)} weights float32)" if kept else "")
+    # the float16 candidate replaces the target only once it is checked (or rewritten float32)
+    with replaced_atomically(target) as candidate:
+        write(candidate, torch.float16)
+        copy = LibraryPolicy.from_checkpoint(candidate, encoder=encoder)
+        changed = sum(a != b for lam in grid if queries
+                      for a, b in zip(expected[lam], copy.route(queries, lam)))
+        if changed:
+            write(candidate, None)
+    dtype = ("float32" if changed else
+             "float16" + (f" ({len(kept)} weights float32)" if kept else ""))
     return Exported(name=target.stem, path=target, origin=merged, weights_dtype=dtype,
                     bytes=target.stat().st_size, source_bytes=source.stat().st_size,
                     decisions=len(grid) * len(queries), changed=changed)
