@@ -5,11 +5,14 @@ file, through a SIGKILL of the process (a real child process), and in `open_runt
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
+import random
 import signal
 import subprocess
 import sys
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -19,6 +22,7 @@ from pool_support import loopback_spec, user
 
 from masr_graph.errors import BudgetExceeded, CircuitOpenError, LLMCallError
 from masr_graph.llm import Budget, CallContext, Ledger, LLMPool, ResponseCache
+from masr_graph.llm.types import CallRecord, UsageTotals
 
 
 spec_for = loopback_spec
@@ -169,12 +173,6 @@ def test_totals_kept_as_records_are_added_match_a_fresh_sum(tmp_path: Path):
     """The running totals (what a grid's progress line reads twice a second) equal the sum over
     the records, for records added from several threads and records the ledger started with; a
     returned total is a copy, and a filtered total still sums only what it selects."""
-    import dataclasses
-    import random
-    import threading
-
-    from masr_graph.llm.types import CallRecord, UsageTotals
-
     rng = random.Random(0)
 
     def record(i: int) -> CallRecord:
