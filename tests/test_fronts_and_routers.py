@@ -13,7 +13,8 @@ from masr_graph.benchmarks.experiment.routers import (
     KNNRouter, LogisticRouter, MFRouter, MLPRouter,
 )
 from masr_graph.benchmarks.reporting.fronts import (
-    accuracy_cost_front, best_baseline, hypervolume, plan_distribution, regret, utility_with_ci,
+    accuracy_cost_front, best_baseline, hypervolume, paired_difference_with_ci, plan_distribution,
+    regret, utility_with_ci,
 )
 from masr_graph.benchmarks.reporting.plots import plot_distributions, plot_fronts
 
@@ -134,6 +135,31 @@ def test_utility_ci_rejects_mismatched_shapes_and_bad_arguments():
         utility_with_ci(np.ones(5), np.ones(5), -1.0)
     with pytest.raises(ConfigError, match="level"):
         utility_with_ci(np.ones(5), np.ones(5), 1.0, level=95)
+
+
+def test_paired_difference_ci_cancels_what_two_methods_share():
+    # B solves what A solves except 6 of 200 queries: separate CIs overlap, the paired one is
+    # tight and excludes 0; A has three seeds, B one
+    rng = np.random.default_rng(2)
+    solved = (rng.random(200) < 0.6).astype(float)
+    fewer = solved.copy()
+    fewer[np.flatnonzero(solved)[:6]] = 0.0
+    a = (np.stack([solved] * 3), np.zeros((3, 200)))
+    b = (fewer, np.zeros(200))
+    _, a_low, _ = utility_with_ci(*a, 0.0)
+    _, _, b_high = utility_with_ci(*b, 0.0)
+    assert a_low < b_high
+    mean, low, high = paired_difference_with_ci(a, b, 0.0)
+    assert mean == pytest.approx(0.03)
+    assert 0.0 < low < mean < high < 0.06
+    assert paired_difference_with_ci(b, a, 0.0) == pytest.approx((-0.03, -high, -low))
+    # cost enters at λ: B costs 1e-4 more per query, so at λ = 100 A leads by 0.01 more
+    dearer = (fewer, np.full(200, 1e-4))
+    assert paired_difference_with_ci(a, dearer, 100.0)[0] == pytest.approx(0.04)
+    # identical methods: the interval collapses to 0
+    assert paired_difference_with_ci(a, a, 10.0) == (0.0, 0.0, 0.0)
+    with pytest.raises(ConfigError, match="same queries; got 200 and 199"):
+        paired_difference_with_ci(a, (fewer[:199], np.zeros(199)), 0.0)
 
 
 def test_best_baseline_excludes_groups_and_regret_has_the_router_below_positive():

@@ -3,11 +3,13 @@ when its figures say so, misses name the pairs and figures, and the hindsight fr
 LLMs together is shown beside the hypervolume target without counting as a method."""
 from __future__ import annotations
 
+import numpy as np
 import pytest
 
 from masr_graph.benchmarks.experiment.protocol import MASROUTER
 from masr_graph.benchmarks.reporting.protocol import (
-    ALL_SINGLES, MethodScore, PairReport, _comparisons, _fronts, report_markdown, target_checks,
+    ALL_SINGLES, MethodScore, PairReport, _comparisons, _fronts, _paired_differences,
+    report_markdown, target_checks,
 )
 
 LAMBDAS = (0.0, 100.0)
@@ -110,3 +112,67 @@ def test_results_markdown_gives_each_fixed_method_its_hypervolume():
     row = next(line for line in text.splitlines() if line.startswith("| cheap (IO) |"))
     assert f"| {report.hypervolumes['cheap (IO)']:.4f} |" in row
     assert "largest hypervolume of all methods" in text
+
+
+def _per_query(solved: np.ndarray, usd: float, seeds: int = 1) -> tuple[np.ndarray, np.ndarray]:
+    return np.stack([solved] * seeds), np.full((seeds, solved.size), usd)
+
+
+def test_regret_and_margin_carry_paired_cis_and_misses_beyond_noise_are_named():
+    """On 400 test queries the cheap LLM solves 320. MasRouter on "clear" loses 16 of them (a
+    regret of 0.04 that nearly every resample shows); on "noisy" it trades 40 of them for 38
+    others (a regret of 0.005, within noise); on "better" it solves 16 more; on "same" it
+    chooses the cheap LLM's plan, whose $ summed over three seeds differs by rounding. Separate
+    CIs of the two methods would overlap on every pair."""
+    rng = np.random.default_rng(3)
+    cheap = np.zeros(400)
+    cheap[rng.permutation(400)[:320]] = 1.0
+    clear = cheap.copy()
+    clear[np.flatnonzero(cheap)[:16]] = 0.0
+    noisy = cheap.copy()
+    noisy[np.flatnonzero(cheap)[:40]] = 0.0
+    noisy[np.flatnonzero(cheap == 0)[:38]] = 1.0
+    better = cheap.copy()
+    better[np.flatnonzero(cheap == 0)[:16]] = 1.0
+    reports = []
+    for pair, masrouter, usd in (("clear", clear, 1e-5), ("noisy", noisy, 1e-5),
+                                 ("better", better, 1e-5), ("same", cheap, 1e-5 + 1e-17)):
+        accuracy = float(masrouter.mean())
+        report = _report(pair, {0.0: (accuracy, usd), 100.0: (accuracy, usd)},
+                         {"cheap (IO)": (0.80, 1e-5)},
+                         {0.0: (0.80, 1e-5), 100.0: (0.80, 1e-5)})
+        per_query = {(method, lam): arrays for lam in LAMBDAS for method, arrays in (
+            (MASROUTER, _per_query(masrouter, usd, seeds=3)),
+            ("cheap (IO)", _per_query(cheap, 1e-5)),
+            ("kNN router", _per_query(cheap, 1e-5)))}
+        _paired_differences(report, per_query)
+        reports.append(report)
+    clear_report, noisy_report, _, same_report = reports
+    assert 0.0 < same_report.regret_ci[100.0][0] < 1e-12  # rounding, not a regret
+    low, high = clear_report.regret_ci[100.0]
+    assert clear_report.regret[100.0] == pytest.approx(0.04)
+    assert 0.005 < low < 0.04 < high
+    margin, margin_low, margin_high = clear_report.single_agent_margin[100.0]
+    assert margin == pytest.approx(-0.04) and (margin_low, margin_high) == pytest.approx(
+        (-high, -low))
+    low, high = noisy_report.regret_ci[100.0]
+    assert noisy_report.regret[100.0] == pytest.approx(0.005)
+    assert low < 0.0 < high
+
+    checks = target_checks(reports)
+    regret = _check(checks, "no regret")
+    assert regret.met is False
+    assert ("wholly above 0 (MasRouter behind beyond the test queries' noise) in 2 of 8 cells: "
+            "clear λ=0 +0.0400 [") in regret.detail
+    behind, ahead = regret.detail.split("CI lies wholly above 0 ")[1].split("wholly below 0")
+    assert "noisy λ=" not in behind and "same λ=" not in behind
+    assert "of these, wholly above 0.005 in 2;" in behind
+    assert ahead.startswith(" (MasRouter ahead beyond noise) in 2: better λ=0 -0.0400 [")
+    margin_check = _check(checks, "beats the best single-agent router")
+    assert f"clear -0.0400 [{margin_low:+.4f}, {margin_high:+.4f}]" in margin_check.detail
+    text = report_markdown(reports, checks, {"status": "complete"})
+    row = next(line for line in text.splitlines() if line.startswith("| regret"))
+    assert f"+0.0400 [{clear_report.regret_ci[0.0][0]:+.4f}, " in row
+    assert any(line.startswith("| MasRouter − best single-agent router [paired 95 % CI] | "
+                               "-0.0400 [") and "(kNN router)" in line
+               for line in text.splitlines())

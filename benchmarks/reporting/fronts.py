@@ -6,7 +6,7 @@ method hides the trade-off. The protocol reports, per (world, pool, task):
 
 - the utility ``accuracy − λ · $/query`` at each ``λ`` with a bootstrap CI over queries
   (:func:`utility_with_ci`), and the regret of a router against the best baseline at that ``λ``
-  (:func:`best_baseline`, :func:`regret`);
+  (:func:`best_baseline`, :func:`regret`) with a paired CI (:func:`paired_difference_with_ci`);
 - the non-dominated (cost, accuracy) points of a method's ``λ`` sweep (:func:`accuracy_cost_front`)
   and the share of the cost–accuracy box they dominate (:func:`hypervolume`), one number for the
   whole front;
@@ -57,6 +57,43 @@ def utility_with_ci(correct: np.ndarray, cost: np.ndarray, cost_lambda: float, *
         ConfigError: the shapes differ or are not ``[N]`` / ``[S, N]`` with ``N ≥ 1``, a value is
             not finite, or an argument is out of range.
     """
+    return _mean_with_bootstrap_ci(_seed_mean_utility(correct, cost, cost_lambda), level,
+                                   n_resamples, seed)
+
+
+def paired_difference_with_ci(first: tuple[np.ndarray, np.ndarray],
+                              second: tuple[np.ndarray, np.ndarray], cost_lambda: float, *,
+                              level: float = 0.95, n_resamples: int = 2000,
+                              seed: int = 0) -> tuple[float, float, float]:
+    """Mean utility of ``first`` minus that of ``second`` on the same queries, with a paired
+    bootstrap CI: each resample draws queries and takes both methods' seed-mean utility on the
+    same draw, so what the two share (an easy query both solve, a plan both chose) cancels.
+
+    Why paired: two methods' separate CIs overlap even when one beats the other on nearly every
+    query; whether a regret is beyond the test set's noise is a question about the difference.
+
+    Args:
+        first, second: ``(correct, cost)``, each ``[N]`` or ``[S, N]`` as in
+            :func:`utility_with_ci`; the two may have different numbers of seeds ``S`` but must
+            share the query columns ``N``, in the same order.
+        cost_lambda, level, n_resamples, seed: as in :func:`utility_with_ci`.
+
+    Returns:
+        ``(mean, low, high)`` of ``first − second``.
+
+    Raises:
+        ConfigError: as :func:`utility_with_ci`, or the two cover different numbers of queries.
+    """
+    first_utility, second_utility = (_seed_mean_utility(*method, cost_lambda)
+                                     for method in (first, second))
+    if first_utility.shape != second_utility.shape:
+        raise ConfigError(f"a paired difference needs the same queries; got "
+                          f"{first_utility.size} and {second_utility.size}")
+    return _mean_with_bootstrap_ci(first_utility - second_utility, level, n_resamples, seed)
+
+
+def _seed_mean_utility(correct: np.ndarray, cost: np.ndarray, cost_lambda: float) -> np.ndarray:
+    """``[N]`` per-query utility ``correct − λ · cost``, averaged over seeds (rows), checked."""
     scores = np.asarray(correct, dtype=float)
     costs = np.asarray(cost, dtype=float)
     if scores.shape != costs.shape or scores.ndim not in (1, 2) or scores.size == 0:
@@ -67,11 +104,16 @@ def utility_with_ci(correct: np.ndarray, cost: np.ndarray, cost_lambda: float, *
     if not (math.isfinite(cost_lambda) and cost_lambda >= 0.0):
         raise ConfigError(f"cost_lambda must be finite and >= 0 (utility per $); "
                           f"got {cost_lambda!r}")
+    return np.atleast_2d(scores - cost_lambda * costs).mean(axis=0)
+
+
+def _mean_with_bootstrap_ci(per_query: np.ndarray, level: float, n_resamples: int,
+                            seed: int) -> tuple[float, float, float]:
+    """The mean of ``[N]`` per-query values and its percentile bootstrap interval."""
     if not 0.0 < level < 1.0:
         raise ConfigError(f"level must be in (0, 1); got {level!r}")
     if int(n_resamples) != n_resamples or n_resamples < 1:
         raise ConfigError(f"n_resamples must be a positive integer; got {n_resamples!r}")
-    per_query = np.atleast_2d(scores - cost_lambda * costs).mean(axis=0)  # [N] seed-mean
     mean = float(per_query.mean())
     if np.all(per_query == per_query[0]):
         return mean, mean, mean

@@ -32,6 +32,7 @@ from ..experiment.protocol import MASROUTER, ORACLE, Cell, PairRun
 from .fronts import (
     accuracy_cost_front,
     hypervolume,
+    paired_difference_with_ci,
     plan_distribution,
     utility_with_ci,
 )
@@ -42,6 +43,8 @@ ALL_SINGLES = "all single LLMs"
 NO_REGRET_TOLERANCE = 0.005
 SINGLE_AGENT_MARGIN = 0.01
 PLAN_SHARE_LIMIT = 0.8
+FLOAT_NOISE = 1e-9
+"""Utility differences this small are rounding (one plan's $ summed in another order)."""
 MIN_DISTINCT_PLANS = 3
 
 
@@ -79,6 +82,11 @@ class PairReport:
     best_baseline: dict[float, tuple[str, float]] = field(default_factory=dict)
     best_single_agent_router: dict[float, tuple[str, float]] = field(default_factory=dict)
     regret: dict[float, float] = field(default_factory=dict)
+    regret_ci: dict[float, tuple[float, float]] = field(default_factory=dict)
+    """Per λ, the paired 95 % bootstrap CI of the regret (the best baseline's utility minus
+    MasRouter's, on the same test queries; the baseline named in :attr:`best_baseline`)."""
+    single_agent_margin: dict[float, tuple[float, float, float]] = field(default_factory=dict)
+    """Per λ, MasRouter's utility minus the best single-agent router's, with its paired CI."""
     lambdas: tuple[float, ...] = ()
     middle_lambda: float = 0.0
     gate: dict[float, dict[str, Any]] = field(default_factory=dict)
@@ -108,6 +116,7 @@ def pair_report(run: PairRun, cells: Sequence[Cell]) -> PairReport:
     lambdas = tuple(sorted(run.settings.lambdas))
     report = PairReport(run.pair.name, lambdas=lambdas, middle_lambda=run.settings.middle_lambda)
     finished: dict[tuple[str, Optional[float]], list[list[QueryResult]]] = defaultdict(list)
+    per_query: dict[tuple[str, float], tuple[np.ndarray, np.ndarray]] = {}
     groups: dict[str, str] = {}
     for cell in cells:
         results = list(run.store.load(run.pair.name, cell.label).values())
@@ -121,6 +130,7 @@ def pair_report(run: PairRun, cells: Sequence[Cell]) -> PairReport:
             arrays = [_arrays(results, ids) for results in runs]
             correct = np.stack([a[0] for a in arrays])
             cost = np.stack([a[1] for a in arrays])
+            per_query[(method, lam)] = correct, cost
             utility = utility_with_ci(correct, cost, lam)
             accuracy = utility_with_ci(correct, np.zeros_like(cost), 0.0)
             errors = sum(1 for results in runs for r in results if r.error)
@@ -130,6 +140,7 @@ def pair_report(run: PairRun, cells: Sequence[Cell]) -> PairReport:
     report.gate = _gate_summary(run)
     _fronts(report)
     _comparisons(report)
+    _paired_differences(report, per_query)
     middle = report.middle_lambda
     for (method, cell_lambda), runs in finished.items():
         if cell_lambda in (None, middle) and groups[method] not in (
@@ -214,6 +225,23 @@ def _comparisons(report: PairReport) -> None:
             report.regret[lam] = report.best_baseline[lam][1] - masr.utility
 
 
+def _paired_differences(report: PairReport,
+                        per_query: dict[tuple[str, float], tuple[np.ndarray, np.ndarray]]) -> None:
+    """The regret's and the single-agent margin's paired CIs per λ (``per_query``: each
+    method's ``[S, N]`` correct and $ on the test queries at each λ)."""
+    for lam in report.lambdas:
+        masrouter = per_query.get((MASROUTER, lam))
+        if masrouter is None:
+            continue
+        if lam in report.best_baseline:
+            _, low, high = paired_difference_with_ci(
+                per_query[(report.best_baseline[lam][0], lam)], masrouter, lam)
+            report.regret_ci[lam] = (low, high)
+        if lam in report.best_single_agent_router:
+            report.single_agent_margin[lam] = paired_difference_with_ci(
+                masrouter, per_query[(report.best_single_agent_router[lam][0], lam)], lam)
+
+
 @dataclass
 class TargetCheck:
     """One of the issue's targets, measured."""
@@ -230,22 +258,45 @@ def target_checks(reports: Sequence[PairReport]) -> list[TargetCheck]:
     regrets = {r.pair: r.regret for r in reports}
     worst = {pair: max(values.values()) for pair, values in regrets.items() if values}
     failing = {pair: value for pair, value in worst.items() if value > NO_REGRET_TOLERANCE}
+    # which cells a different draw of test queries would not overturn: the regret's paired CI
+    # lies wholly above 0 (MasRouter behind), above the tolerance too (the target missed), or
+    # wholly below 0 (MasRouter ahead); within FLOAT_NOISE of 0 is one plan's cost summed in
+    # another order
+    cells = [(r.pair, lam, r.regret[lam], ci) for r in reports for lam, ci in r.regret_ci.items()]
+    behind = [cell for cell in cells if cell[3][0] > FLOAT_NOISE]
+    ahead = [cell for cell in cells if cell[3][1] < -FLOAT_NOISE]
+
+    def listed(chosen: list) -> str:
+        return "".join(f"{', ' if i else ': '}{p} λ={lam:g} {_signed(v)} {_signed_ci(*ci)}"
+                       for i, (p, lam, v, ci) in enumerate(chosen))
+
+    noise = (f"; the regret's paired 95 % CI lies wholly above 0 (MasRouter behind beyond the "
+             f"test queries' noise) in {len(behind)} of {len(cells)} cells{listed(behind)}; "
+             f"of these, wholly above {NO_REGRET_TOLERANCE} in "
+             f"{sum(1 for cell in behind if cell[3][0] > NO_REGRET_TOLERANCE)}; wholly below 0 "
+             f"(MasRouter ahead beyond noise) in {len(ahead)}{listed(ahead)}"
+             if cells else "")
     checks.append(TargetCheck(
         f"no regret (MasRouter >= best non-oracle baseline - {NO_REGRET_TOLERANCE} at every λ)",
         not failing if worst else None,
-        "worst regret per pair: " + ", ".join(f"{p} {v:+.4f}" for p, v in worst.items())))
-    margins = {}
+        "worst regret per pair: " + ", ".join(f"{p} {_signed(v)}" for p, v in worst.items())
+        + noise))
+    margins, margin_cis = {}, {}
     for r in reports:
         masr = r.score(MASROUTER, r.middle_lambda)
         if masr is not None and r.middle_lambda in r.best_single_agent_router:
             margins[r.pair] = masr.utility - r.best_single_agent_router[r.middle_lambda][1]
+            if r.middle_lambda in r.single_agent_margin:
+                margin_cis[r.pair] = r.single_agent_margin[r.middle_lambda][1:]
     wins = sum(1 for v in margins.values() if v >= SINGLE_AGENT_MARGIN)
     checks.append(TargetCheck(
         f"beats the best single-agent router by >= {SINGLE_AGENT_MARGIN} at the middle λ on at "
         "least half of the pairs",
         wins * 2 >= len(margins) if margins else None,
-        f"{wins} of {len(margins)} pairs; margins: "
-        + ", ".join(f"{p} {v:+.4f}" for p, v in margins.items())))
+        f"{wins} of {len(margins)} pairs; margins" + (" [paired 95 % CI]" if margin_cis else "")
+        + ": " + ", ".join(f"{p} {_signed(v)}" + (f" {_signed_ci(*margin_cis[p])}"
+                                                   if p in margin_cis else "")
+                           for p, v in margins.items())))
     largest = []
     for r in reports:
         if MASROUTER in r.hypervolumes:
@@ -322,6 +373,16 @@ def _errors(report: PairReport, method: str) -> int:
     return sum(cells.values())
 
 
+def _signed(value: float) -> str:
+    """``value`` as ``+0.0123``; a difference of two equal utilities (``-1e-17``) reads as
+    ``+0.0000``, not ``-0.0000``."""
+    return f"{round(value, 4) + 0.0:+.4f}"
+
+
+def _signed_ci(low: float, high: float) -> str:
+    return f"[{_signed(low)}, {_signed(high)}]"
+
+
 def _fmt(score: Optional[MethodScore]) -> str:
     if score is None:
         return "–"
@@ -366,8 +427,16 @@ def report_markdown(reports: Sequence[PairReport], checks: Sequence[TargetCheck]
         lines.append("| best non-oracle baseline | " + " | ".join(
             f"{r.best_baseline[lam][1]:.3f} ({r.best_baseline[lam][0]})"
             if lam in r.best_baseline else "–" for lam in lams) + " | | |")
-        lines.append("| regret (best baseline − MasRouter) | " + " | ".join(
-            f"{r.regret[lam]:+.4f}" if lam in r.regret else "–" for lam in lams) + " | | |")
+        lines.append("| regret (best baseline − MasRouter) [paired 95 % CI] | " + " | ".join(
+            _signed(r.regret[lam]) + (f" {_signed_ci(*r.regret_ci[lam])}"
+                                      if lam in r.regret_ci else "")
+            if lam in r.regret else "–" for lam in lams) + " | | |")
+        if r.single_agent_margin:
+            lines.append("| MasRouter − best single-agent router [paired 95 % CI] | " + " | ".join(
+                f"{_signed(r.single_agent_margin[lam][0])} "
+                f"{_signed_ci(*r.single_agent_margin[lam][1:])} "
+                f"({r.best_single_agent_router[lam][0]})"
+                if lam in r.single_agent_margin else "–" for lam in lams) + " | | |")
         if r.gate:
             lines.append("| MasRouter's validation gate: share of seeds on the fallback "
                          "(validation utility: fallback, held out, vs graph router, and the "
