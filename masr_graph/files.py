@@ -1,10 +1,9 @@
 """Files that readers and crashes see whole: the old version or the new one, never half of one.
 
-Encoder caches, router checkpoints, a pair's ``library.json`` and the protocol's and ablations'
-tables go through :func:`replaced_atomically`, so a run killed mid-write or two runs writing one
-file side by side (two invocations into one ``--out``) leave a readable file. (The ZeroEval reply
-table's pickle cache still has its own writer: replay code is fingerprinted into stored outputs,
-see :func:`masr_graph.replay.backend.replay_code_fingerprint`, so changing it waits for a rerun.)
+Encoder caches, router checkpoints, a pair's ``library.json``, the ZeroEval reply table's and
+verdicts' pickle caches and the protocol's and ablations' tables go through
+:func:`replaced_atomically`, so a run killed mid-write or two runs writing one file side by side
+(two invocations into one ``--out``) leave a readable file.
 """
 from __future__ import annotations
 

@@ -53,6 +53,7 @@ from masr_graph.benchmarks.tasks.registry import (
 )
 
 from ..errors import ConfigError, DataError
+from ..files import write_atomically
 
 OUTCOME_SET = "zeroeval"
 """Name of this recorded set (the host of ``replay://zeroeval`` URLs)."""
@@ -227,15 +228,8 @@ def _load_reply_table(root: Path) -> ReplyTable:
     models = _read_models(paths[f"{OUTCOME_DIR}/models.csv"])
     questions = {task: _read_task(task, stem, paths, models, root)
                  for task, stem in TASK_FILES.items()}
-    _write_atomically(cached, pickle.dumps((models, questions), protocol=pickle.HIGHEST_PROTOCOL))
+    write_atomically(cached, pickle.dumps((models, questions), protocol=pickle.HIGHEST_PROTOCOL))
     return ReplyTable(root, models, questions, checksums)
-
-
-def _write_atomically(path: Path, payload: bytes) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f"{path.name}.{hashlib.sha256(payload).hexdigest()[:8]}.tmp")
-    tmp.write_bytes(payload)
-    tmp.replace(path)
 
 
 def _read_models(path: Path) -> dict[str, RecordedModel]:
@@ -354,7 +348,7 @@ def _reply_verdicts(table: ReplyTable, task: str) -> Mapping[tuple[str, str], Ve
             score = evaluate(question.example, reply)
             verdicts[(model, question.id)] = Verdict(
                 score.correct, answer_key(task, reply), score.extracted)
-    _write_atomically(cached, pickle.dumps(verdicts, protocol=pickle.HIGHEST_PROTOCOL))
+    write_atomically(cached, pickle.dumps(verdicts, protocol=pickle.HIGHEST_PROTOCOL))
     return verdicts
 
 
