@@ -1,9 +1,10 @@
 """Files that readers and crashes see whole: the old version or the new one, never half of one.
 
-Encoder caches, router checkpoints, a pair's ``library.json``, the ZeroEval reply table's and
-verdicts' pickle caches and the protocol's and ablations' tables go through
-:func:`replaced_atomically`, so a run killed mid-write or two runs writing one file side by side
-(two invocations into one ``--out``) leave a readable file.
+Encoder caches, router checkpoints, ledger exports (:meth:`~masr_graph.llm.ledger.Ledger.to_jsonl`),
+a pair's ``library.json``, the ZeroEval reply table's and verdicts' pickle caches and the
+protocol's and ablations' tables go through :func:`replaced_atomically`, so a run killed
+mid-write or two runs writing one file side by side (two invocations into one ``--out``) leave a
+readable file.
 """
 from __future__ import annotations
 

@@ -29,6 +29,7 @@ from dataclasses import fields, replace
 from pathlib import Path
 from typing import Callable, Hashable, Iterable, Optional, TypeVar, Union
 
+from ..files import write_atomically
 from .types import CallRecord, UsageTotals
 
 K = TypeVar("K", bound=Hashable)
@@ -146,11 +147,10 @@ class Ledger:
         )
 
     def to_jsonl(self, path: Union[str, "os.PathLike[str]"]) -> None:
-        """Write one JSON object per record to ``path`` (overwritten)."""
-        Path(path).write_text(
-            "".join(json.dumps(r.to_dict(), sort_keys=True) + "\n" for r in self.records),
-            encoding="utf-8",
-        )
+        """Write one JSON object per record to ``path``, replacing it whole (a crash mid-write
+        leaves the old file, see :mod:`masr_graph.files`)."""
+        write_atomically(path, "".join(json.dumps(r.to_dict(), sort_keys=True) + "\n"
+                                       for r in self.records))
 
     @classmethod
     def from_jsonl(cls, path: Union[str, "os.PathLike[str]"]) -> "Ledger":
