@@ -4,7 +4,10 @@ finished (:mod:`masr_graph.benchmarks.experiment.protocol`).
 For every pair and λ, each *method* — cells of one method with different seeds are one method,
 reported as the mean over seeds — gets its test utility with a 95 % bootstrap CI over queries
 (paired across seeds), accuracy with its CI and $ per query; λ-independent methods (single LLMs,
-fixed modes, random plans) are scored at every λ from the same results. A method's front is its
+fixed modes, random plans) are scored at every λ from the same results. MasRouter's regret
+against the best non-oracle baseline and its margin over the best single-agent router get a
+paired CI (both methods on the same resampled queries), so a table says which differences the
+test set can show. A method's front is its
 (cost, accuracy) points over the sweep; ``all single LLMs`` is the front of every single LLM's
 point, i.e. what choosing the right single LLM for the λ *in hindsight* would achieve (a generous
 baseline, shown beside the hypervolume target but not competing in it: no user could run it).
@@ -84,7 +87,9 @@ class PairReport:
     regret: dict[float, float] = field(default_factory=dict)
     regret_ci: dict[float, tuple[float, float]] = field(default_factory=dict)
     """Per λ, the paired 95 % bootstrap CI of the regret (the best baseline's utility minus
-    MasRouter's, on the same test queries; the baseline named in :attr:`best_baseline`)."""
+    MasRouter's, on the same test queries; the baseline named in :attr:`best_baseline`). That
+    baseline is the best of many on these same queries, so the interval leans against
+    MasRouter."""
     single_agent_margin: dict[float, tuple[float, float, float]] = field(default_factory=dict)
     """Per λ, MasRouter's utility minus the best single-agent router's, with its paired CI."""
     lambdas: tuple[float, ...] = ()
