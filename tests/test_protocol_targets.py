@@ -152,9 +152,9 @@ def test_regret_and_margin_carry_paired_cis_and_misses_beyond_noise_are_named():
     low, high = clear_report.regret_ci[100.0]
     assert clear_report.regret[100.0] == pytest.approx(0.04)
     assert 0.005 < low < 0.04 < high
-    margin, margin_low, margin_high = clear_report.single_agent_margin[100.0]
-    assert margin == pytest.approx(-0.04) and (margin_low, margin_high) == pytest.approx(
-        (-high, -low))
+    margin_low, margin_high = clear_report.single_agent_margin_ci[100.0]
+    assert clear_report.single_agent_margin[100.0] == pytest.approx(-0.04)
+    assert (margin_low, margin_high) == pytest.approx((-high, -low))
     low, high = noisy_report.regret_ci[100.0]
     assert noisy_report.regret[100.0] == pytest.approx(0.005)
     assert low < 0.0 < high

@@ -90,8 +90,10 @@ class PairReport:
     MasRouter's, on the same test queries; the baseline named in :attr:`best_baseline`). That
     baseline is the best of many on these same queries, so the interval leans against
     MasRouter."""
-    single_agent_margin: dict[float, tuple[float, float, float]] = field(default_factory=dict)
-    """Per λ, MasRouter's utility minus the best single-agent router's, with its paired CI."""
+    single_agent_margin: dict[float, float] = field(default_factory=dict)
+    """Per λ, MasRouter's utility minus the best single-agent router's."""
+    single_agent_margin_ci: dict[float, tuple[float, float]] = field(default_factory=dict)
+    """Per λ, the paired 95 % bootstrap CI of :attr:`single_agent_margin`."""
     lambdas: tuple[float, ...] = ()
     middle_lambda: float = 0.0
     gate: dict[float, dict[str, Any]] = field(default_factory=dict)
@@ -228,6 +230,9 @@ def _comparisons(report: PairReport) -> None:
         masr = report.score(MASROUTER, lam)
         if masr is not None and lam in report.best_baseline:
             report.regret[lam] = report.best_baseline[lam][1] - masr.utility
+        if masr is not None and lam in report.best_single_agent_router:
+            report.single_agent_margin[lam] = (masr.utility
+                                               - report.best_single_agent_router[lam][1])
 
 
 def _paired_differences(report: PairReport,
@@ -243,8 +248,9 @@ def _paired_differences(report: PairReport,
                 per_query[(report.best_baseline[lam][0], lam)], masrouter, lam)
             report.regret_ci[lam] = (low, high)
         if lam in report.best_single_agent_router:
-            report.single_agent_margin[lam] = paired_difference_with_ci(
+            _, low, high = paired_difference_with_ci(
                 masrouter, per_query[(report.best_single_agent_router[lam][0], lam)], lam)
+            report.single_agent_margin_ci[lam] = (low, high)
 
 
 @dataclass
@@ -286,13 +292,10 @@ def target_checks(reports: Sequence[PairReport]) -> list[TargetCheck]:
         not failing if worst else None,
         "worst regret per pair: " + ", ".join(f"{p} {_signed(v)}" for p, v in worst.items())
         + noise))
-    margins, margin_cis = {}, {}
-    for r in reports:
-        masr = r.score(MASROUTER, r.middle_lambda)
-        if masr is not None and r.middle_lambda in r.best_single_agent_router:
-            margins[r.pair] = masr.utility - r.best_single_agent_router[r.middle_lambda][1]
-            if r.middle_lambda in r.single_agent_margin:
-                margin_cis[r.pair] = r.single_agent_margin[r.middle_lambda][1:]
+    margins = {r.pair: r.single_agent_margin[r.middle_lambda] for r in reports
+               if r.middle_lambda in r.single_agent_margin}
+    margin_cis = {r.pair: r.single_agent_margin_ci[r.middle_lambda] for r in reports
+                  if r.middle_lambda in r.single_agent_margin_ci}
     wins = sum(1 for v in margins.values() if v >= SINGLE_AGENT_MARGIN)
     checks.append(TargetCheck(
         f"beats the best single-agent router by >= {SINGLE_AGENT_MARGIN} at the middle λ on at "
@@ -436,12 +439,12 @@ def report_markdown(reports: Sequence[PairReport], checks: Sequence[TargetCheck]
             _signed(r.regret[lam]) + (f" {_signed_ci(*r.regret_ci[lam])}"
                                       if lam in r.regret_ci else "")
             if lam in r.regret else "–" for lam in lams) + " | | |")
-        if r.single_agent_margin:
+        if r.single_agent_margin_ci:
             lines.append("| MasRouter − best single-agent router [paired 95 % CI] | " + " | ".join(
-                f"{_signed(r.single_agent_margin[lam][0])} "
-                f"{_signed_ci(*r.single_agent_margin[lam][1:])} "
+                f"{_signed(r.single_agent_margin[lam])} "
+                f"{_signed_ci(*r.single_agent_margin_ci[lam])} "
                 f"({r.best_single_agent_router[lam][0]})"
-                if lam in r.single_agent_margin else "–" for lam in lams) + " | | |")
+                if lam in r.single_agent_margin_ci else "–" for lam in lams) + " | | |")
         if r.gate:
             lines.append("| MasRouter's validation gate: share of seeds on the fallback "
                          "(validation utility: fallback, held out, vs graph router, and the "
