@@ -11,6 +11,7 @@ from masr_graph.benchmarks.reporting.protocol import (
     ALL_SINGLES, MethodScore, PairReport, _comparisons, _fronts, _paired_differences,
     report_markdown, target_checks,
 )
+from masr_graph.benchmarks.reporting.fronts import plan_distribution
 
 LAMBDAS = (0.0, 100.0)
 
@@ -176,3 +177,58 @@ def test_regret_and_margin_carry_paired_cis_and_misses_beyond_noise_are_named():
     assert any(line.startswith("| MasRouter − best single-agent router [paired 95 % CI] | "
                                "-0.0400 [") and "(kNN router)" in line
                for line in text.splitlines())
+
+
+def test_ties_for_best_baseline_go_to_the_name_that_sorts_first_whatever_the_score_order():
+    for order in (1, -1):
+        report = PairReport("tie", lambdas=(100.0,), middle_lambda=100.0)
+        rivals = [_score("tie", "kNN router", "single-agent router", 100.0, 0.80, 1e-5),
+                  _score("tie", "MLP router", "single-agent router", 100.0, 0.80, 1e-5),
+                  _score("tie", "best fixed plan", "fixed plan", 100.0, 0.80, 1e-5)]
+        report.scores = [_score("tie", MASROUTER, "MasRouter", 100.0, 0.79, 1e-5),
+                         _score("tie", "oracle", "oracle", 100.0, 0.99, 1e-5)] + rivals[::order]
+        _comparisons(report)
+        # the oracle is no baseline; "MLP router" < "best fixed plan" < "kNN router"
+        assert report.best_baseline[100.0] == ("MLP router", pytest.approx(0.799))
+        assert report.best_single_agent_router[100.0][0] == "MLP router"
+        assert report.regret[100.0] == pytest.approx(0.01)
+        assert report.single_agent_margin[100.0] == pytest.approx(-0.01)
+
+
+def _plans(*teams: tuple[str, int]) -> list[dict]:
+    """``count`` IO plans on each named LLM."""
+    return [{"mode": "IO", "k": 1, "roles": ["solver"], "llms": [llm]}
+            for llm, count in teams for _ in range(count)]
+
+
+def test_varied_plans_target_needs_three_teams_none_above_80_percent_or_one_plan_shown_best():
+    shown_best = {100.0: {"fixed_share": 1.0, "router": 0.80, "fixed": 0.82,
+                          "difference_se": 0.01, "rules": ["best mean"], "constant_cv": 0.82,
+                          "outcomes_cv": 0.81}}
+
+    def pair(name: str, plans: list[dict], gate: dict) -> PairReport:
+        report = PairReport(name, lambdas=(100.0,), middle_lambda=100.0)
+        report.distributions[MASROUTER] = plan_distribution(plans)
+        report.gate = gate
+        return report
+
+    varied = pair("varied", _plans(("a", 40), ("b", 30), ("c", 30)), {})
+    two = pair("two", _plans(("a", 90), ("b", 10)), {})
+    constant = pair("constant", _plans(("a", 100)), shown_best)
+    # the fallback on every seed, but per-query routing by plan outcomes: nothing shown
+    routed = pair("routed", _plans(("a", 100)), {100.0: dict(shown_best[100.0],
+                                                             rules=["plan outcomes"])})
+    # three teams, but one of them on 82 % of the queries
+    dominated = pair("dominated", _plans(("a", 82), ("b", 9), ("c", 9)), {})
+
+    def check(*reports: PairReport):
+        return _check(target_checks(list(reports)), "plans vary with the query")
+
+    assert check(varied, constant).met is True
+    for miss in (two, routed, dominated):
+        assert check(varied, miss).met is False
+    detail = check(varied, two, constant, routed).detail
+    assert "varied: 3 teams, top 40%" in detail and "two: 2 teams, top 90%" in detail
+    assert "constant: 1 team, top 100% (one plan shown best" in detail
+    assert "routed: 1 team, top 100%" in detail
+    assert "routed: 1 team, top 100% (one plan" not in detail

@@ -24,7 +24,7 @@ import math
 from collections import defaultdict
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Optional, Sequence
+from typing import Any, NamedTuple, Optional, Sequence
 
 import numpy as np
 
@@ -34,9 +34,11 @@ from masr_graph.router.library import FIXED_PLAN_RULES, PLAN_OUTCOMES
 from ..experiment.protocol import MASROUTER, ORACLE, Cell, PairRun
 from .fronts import (
     accuracy_cost_front,
+    best_baseline,
     hypervolume,
     paired_difference_with_ci,
     plan_distribution,
+    regret,
     utility_with_ci,
 )
 from .plots import plot_distributions, plot_fronts
@@ -217,19 +219,20 @@ def _fronts(report: PairReport) -> None:
 
 
 def _comparisons(report: PairReport) -> None:
+    """Per λ: the best non-oracle baseline and the best single-agent router (ties to the name
+    that sorts first), MasRouter's regret against the one and its margin over the other."""
     for lam in report.lambdas:
         at = [s for s in report.scores if s.cost_lambda == lam]
-        baselines = [s for s in at if s.group not in ("MasRouter", "oracle")]
-        routers = [s for s in at if s.group == "single-agent router"]
-        if baselines:
-            best = max(baselines, key=lambda s: s.utility)
-            report.best_baseline[lam] = (best.method, best.utility)
+        groups = {s.method: s.group for s in at}
+        if any(s.group not in ("MasRouter", "oracle") for s in at):
+            report.best_baseline[lam] = best_baseline(
+                {s.method: s.utility for s in at}, groups, ("MasRouter", "oracle"))
+        routers = {s.method: s.utility for s in at if s.group == "single-agent router"}
         if routers:
-            best = max(routers, key=lambda s: s.utility)
-            report.best_single_agent_router[lam] = (best.method, best.utility)
+            report.best_single_agent_router[lam] = best_baseline(routers, groups, ())
         masr = report.score(MASROUTER, lam)
         if masr is not None and lam in report.best_baseline:
-            report.regret[lam] = report.best_baseline[lam][1] - masr.utility
+            report.regret[lam] = regret(report.best_baseline[lam][1], masr.utility)
         if masr is not None and lam in report.best_single_agent_router:
             report.single_agent_margin[lam] = (masr.utility
                                                - report.best_single_agent_router[lam][1])
@@ -260,6 +263,17 @@ class TargetCheck:
     name: str
     met: Optional[bool]
     detail: str
+
+
+class _Hypervolumes(NamedTuple):
+    """One pair's front sizes: MasRouter's, the largest other method's, and the hindsight front
+    of all single LLMs."""
+
+    pair: str
+    masrouter: float
+    other: str
+    largest_other: float
+    hindsight: float
 
 
 def target_checks(reports: Sequence[PairReport]) -> list[TargetCheck]:
@@ -305,32 +319,32 @@ def target_checks(reports: Sequence[PairReport]) -> list[TargetCheck]:
         + ": " + ", ".join(f"{p} {_signed(v)}" + (f" {_signed_ci(*margin_cis[p])}"
                                                    if p in margin_cis else "")
                            for p, v in margins.items())))
-    largest = []
+    fronts = []
     for r in reports:
         if MASROUTER in r.hypervolumes:
             # the hindsight front of all single LLMs is no method a user could run (it picks
             # the LLM per cost level from test outcomes): shown beside, not competing
-            methods = {m: hv for m, hv in r.hypervolumes.items() if m not in (MASROUTER,
-                                                                                ALL_SINGLES)}
-            top = max(methods.items(), key=lambda item: item[1], default=("none", 0.0))
-            mine = r.hypervolumes[MASROUTER]
-            envelope = r.hypervolumes.get(ALL_SINGLES, float("nan"))
-            largest.append((r.pair, mine >= top[1] - HYPERVOLUME_TIE, mine, top, envelope))
-    won = sum(1 for _, ok, _, _, _ in largest if ok)
-    above_envelope = sum(1 for _, _, hv, _, envelope in largest
-                         if hv >= envelope - HYPERVOLUME_TIE)
-    needed = math.ceil(0.75 * len(largest))
+            others = {m: hv for m, hv in r.hypervolumes.items() if m not in (MASROUTER,
+                                                                               ALL_SINGLES)}
+            other, other_hv = max(others.items(), key=lambda item: item[1],
+                                  default=("none", 0.0))
+            fronts.append(_Hypervolumes(r.pair, r.hypervolumes[MASROUTER], other, other_hv,
+                                        r.hypervolumes.get(ALL_SINGLES, float("nan"))))
+    won = sum(1 for f in fronts if f.masrouter >= f.largest_other - HYPERVOLUME_TIE)
+    above_envelope = sum(1 for f in fronts if f.masrouter >= f.hindsight - HYPERVOLUME_TIE)
+    needed = math.ceil(0.75 * len(fronts))
     checks.append(TargetCheck(
         f"MasRouter's front has the largest hypervolume of all methods (ties within "
         f"{HYPERVOLUME_TIE} count, and are named) on at least 3/4 of the pairs ({needed} of "
-        f"{len(largest)}); beside it, the front of {ALL_SINGLES} together, chosen in hindsight",
-        won >= needed if largest else None,
-        f"{won} of {len(largest)} (at least the hindsight front of {ALL_SINGLES}: "
-        f"{above_envelope} of {len(largest)}); "
-        + ", ".join(f"{p} {hv:.4f} (largest other method: {top[0]} {top[1]:.4f}"
-                    + (", tied" if abs(hv - top[1]) <= HYPERVOLUME_TIE else "")
-                    + f"; {ALL_SINGLES}: {envelope:.4f})"
-                    for p, _, hv, top, envelope in largest)))
+        f"{len(fronts)}); beside it, the front of {ALL_SINGLES} together, chosen in hindsight",
+        won >= needed if fronts else None,
+        f"{won} of {len(fronts)} (at least the hindsight front of {ALL_SINGLES}: "
+        f"{above_envelope} of {len(fronts)}); "
+        + ", ".join(f"{f.pair} {f.masrouter:.4f} (largest other method: {f.other} "
+                    f"{f.largest_other:.4f}"
+                    + (", tied" if abs(f.masrouter - f.largest_other) <= HYPERVOLUME_TIE else "")
+                    + f"; {ALL_SINGLES}: {f.hindsight:.4f})"
+                    for f in fronts)))
     varied = []
     for r in reports:
         dist = r.distributions.get(MASROUTER)
@@ -341,7 +355,9 @@ def target_checks(reports: Sequence[PairReport]) -> list[TargetCheck]:
         gate = r.gate.get(r.middle_lambda)
         one_plan = (bool(gate) and gate["fixed_share"] == 1.0
                     and set(gate["rules"]) <= set(FIXED_PLAN_RULES))
-        detail = f"{r.pair}: {dist['distinct_teams']} teams, top {dist['top_plan_share']:.0%}"
+        teams = dist["distinct_teams"]
+        detail = (f"{r.pair}: {teams} team{'' if teams == 1 else 's'}, "
+                  f"top {dist['top_plan_share']:.0%}")
         if not ok and one_plan:
             detail += (f" (one plan shown best: cross-validated, a constant plan "
                        f"({gate['constant_cv']:.4f}) was at least as good as per-query routing "
