@@ -268,6 +268,7 @@ async def test_unknown_llm_lists_the_pool(server: LoopbackServer):
         ([{"role": "user", "content": "x", "name": "n"}], {}, "messages[0]"),
         ([{"role": "user", "content": 3}], {}, "messages[0]"),
         (user("x"), {"max_tokens": 0}, "max_tokens"),
+        (user("x"), {"max_tokens": True}, "max_tokens"),
         (user("x"), {"temperature": 3.0}, "temperature"),
         (user("x"), {"seed": "7"}, "seed"),
     ],
@@ -285,8 +286,11 @@ def test_pool_construction_validates_its_arguments(server: LoopbackServer):
         LLMPool([spec, spec])
     with pytest.raises(ConfigError, match="at least one"):
         LLMPool([])
-    with pytest.raises(ValueError, match="max_attempts"):
-        LLMPool([spec], max_attempts=0)
+    # counts are ints >= 1: not 0, not a float, not True (an int to Python)
+    for argument in ("max_attempts", "fail_fast_after", "circuit_after"):
+        for bad in (0, 2.0, True):
+            with pytest.raises(ValueError, match=f"{argument} must be an integer >= 1"):
+                LLMPool([spec], **{argument: bad})
     with pytest.raises(ValueError, match="backoff"):
         LLMPool([spec], backoff_base_s=2.0, backoff_max_s=1.0)
     with pytest.raises(ConfigError, match=r"no transport for base_url scheme 'nosuch'.*'https'"):

@@ -170,7 +170,7 @@ class LLMPool:
             if spec.name in self._specs:
                 raise ConfigError(f"duplicate LLM name {spec.name!r} in the pool")
             self._specs[spec.name] = spec
-        if isinstance(max_attempts, bool) or not isinstance(max_attempts, int) or max_attempts < 1:
+        if not _is_count(max_attempts):
             raise ValueError(f"max_attempts must be an integer >= 1 (got {max_attempts!r})")
         if not (0 <= backoff_base_s <= backoff_max_s and math.isfinite(backoff_max_s)):
             raise ValueError(
@@ -182,19 +182,11 @@ class LLMPool:
                 f"unknown_outcome_cost must be one of {list(UNKNOWN_OUTCOME_COSTS)} "
                 f"(got {unknown_outcome_cost!r})"
             )
-        if fail_fast_after is not None and (
-            isinstance(fail_fast_after, bool)
-            or not isinstance(fail_fast_after, int)
-            or fail_fast_after < 1
-        ):
+        if fail_fast_after is not None and not _is_count(fail_fast_after):
             raise ValueError(
                 f"fail_fast_after must be an integer >= 1 or None (got {fail_fast_after!r})"
             )
-        if circuit_after is not None and (
-            isinstance(circuit_after, bool)
-            or not isinstance(circuit_after, int)
-            or circuit_after < 1
-        ):
+        if circuit_after is not None and not _is_count(circuit_after):
             raise ValueError(
                 f"circuit_after must be an integer >= 1 or None (got {circuit_after!r})"
             )
@@ -725,6 +717,11 @@ class LLMPool:
         await self.aclose()
 
 
+def _is_count(value: object) -> bool:
+    """An ``int`` of at least 1 (``True`` is an ``int`` to Python, not a count here)."""
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 1
+
+
 def _endpoint(spec: LLMSpec) -> str:
     return spec.base_url.rstrip("/")
 
@@ -766,7 +763,7 @@ def _check_request(
                 f"messages[{index}] must be {{'role': one of {list(MESSAGE_ROLES)}, "
                 f"'content': str}} (got {message!r:.120})"
             )
-    if isinstance(max_tokens, bool) or not isinstance(max_tokens, int) or max_tokens < 1:
+    if not _is_count(max_tokens):
         raise ValueError(f"max_tokens must be an integer >= 1 (got {max_tokens!r})")
     if (
         isinstance(temperature, bool)
