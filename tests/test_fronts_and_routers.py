@@ -169,6 +169,9 @@ def test_best_baseline_excludes_groups_and_regret_has_the_router_below_positive(
               "qwen (IO)": "single LLM", "gemma (IO)": "single LLM"}
     name, utility = best_baseline(utilities, groups, {"MasRouter", "oracle"})
     assert (name, utility) == ("kNN router", 0.8)  # tie with "qwen (IO)": first name wins
+    # of equals, the one listed first, not the one whose name sorts first
+    reordered = {"qwen (IO)": 0.8, **utilities}
+    assert best_baseline(reordered, groups, {"MasRouter", "oracle"}) == ("qwen (IO)", 0.8)
     assert regret(utility, utilities["MasRouter"]) == pytest.approx(-0.1)
     assert regret(0.8, 0.7) == pytest.approx(0.1)
     with pytest.raises(ConfigError, match="no baseline left"):

@@ -179,20 +179,22 @@ def test_regret_and_margin_carry_paired_cis_and_misses_beyond_noise_are_named():
                for line in text.splitlines())
 
 
-def test_ties_for_best_baseline_go_to_the_name_that_sorts_first_whatever_the_score_order():
-    for order in (1, -1):
-        report = PairReport("tie", lambdas=(100.0,), middle_lambda=100.0)
-        rivals = [_score("tie", "kNN router", "single-agent router", 100.0, 0.80, 1e-5),
-                  _score("tie", "MLP router", "single-agent router", 100.0, 0.80, 1e-5),
-                  _score("tie", "best fixed plan", "fixed plan", 100.0, 0.80, 1e-5)]
-        report.scores = [_score("tie", MASROUTER, "MasRouter", 100.0, 0.79, 1e-5),
-                         _score("tie", "oracle", "oracle", 100.0, 0.99, 1e-5)] + rivals[::order]
-        _comparisons(report)
-        # the oracle is no baseline; "MLP router" < "best fixed plan" < "kNN router"
-        assert report.best_baseline[100.0] == ("MLP router", pytest.approx(0.799))
-        assert report.best_single_agent_router[100.0][0] == "MLP router"
-        assert report.regret[100.0] == pytest.approx(0.01)
-        assert report.single_agent_margin[100.0] == pytest.approx(-0.01)
+def test_ties_for_best_baseline_go_to_the_method_listed_first_as_the_cells_list_them():
+    report = PairReport("tie", lambdas=(100.0,), middle_lambda=100.0)
+    # the cells' order: MasRouter, the best fixed plan, the routers, single LLMs, ... the oracle
+    report.scores = [_score("tie", MASROUTER, "MasRouter", 100.0, 0.79, 1e-5),
+                     _score("tie", "best fixed plan", "fixed plan", 100.0, 0.80, 1e-5),
+                     _score("tie", "kNN router", "single-agent router", 100.0, 0.80, 1e-5),
+                     _score("tie", "MLP router", "single-agent router", 100.0, 0.80, 1e-5),
+                     _score("tie", "cheap (IO)", "single LLM", 100.0, 0.80, 1e-5),
+                     _score("tie", "oracle", "oracle", 100.0, 0.99, 1e-5)]
+    _comparisons(report)
+    # the oracle is no baseline; of the tied rest, the first listed, not "MLP router" (which
+    # sorts first)
+    assert report.best_baseline[100.0] == ("best fixed plan", pytest.approx(0.799))
+    assert report.best_single_agent_router[100.0][0] == "kNN router"
+    assert report.regret[100.0] == pytest.approx(0.01)
+    assert report.single_agent_margin[100.0] == pytest.approx(-0.01)
 
 
 def _plans(*teams: tuple[str, int]) -> list[dict]:

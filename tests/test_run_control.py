@@ -5,6 +5,7 @@ endpoint refusing every connection stops the run; no training step is counted)."
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import shutil
 import signal
@@ -15,10 +16,12 @@ from pathlib import Path
 from typing import Any, Sequence
 
 import pytest
+import torch
 import yaml
 
 from loopback_server import LoopbackServer
 from masr_graph.benchmarks import run_all
+from masr_graph.benchmarks.experiment.environment import software_environment
 from masr_graph.benchmarks.reporting.protocol import MethodScore, PairReport, report_markdown
 from masr_graph.errors import LLMCallError, MasrError
 from masr_graph.llm import LLMPool, LLMSpec
@@ -302,6 +305,16 @@ def test_run_all_interrupted_keeps_finished_pairs_and_says_how_to_resume(
                          str(out), *TINY]) == 0
     assert ran and all(name.startswith("llmrouter-all-mmlu/") for name in ran)
     assert "- **status**: complete" in (out / "results.md").read_text()
+    # the table says what it was computed with and where its routers were trained (here: one
+    # environment, recorded in every router's curve file)
+    environment = software_environment()
+    assert f"torch {torch.__version__}" in environment
+    assert f"- **environment (this invocation)**: {environment}" in (out / "results.md").read_text()
+    assert f"- **environments the routers were trained in**: {environment}\n" in (
+        out / "results.md").read_text()
+    curves = sorted(out.glob("*/masrouter-seed*.curve.json"))
+    assert curves and all(json.loads(p.read_text())["environment"] == environment
+                          for p in curves)
 
 
 def _as_in_a_terminal() -> None:

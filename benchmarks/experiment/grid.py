@@ -52,6 +52,7 @@ from ..reporting.progress import GridProgress
 from ..reporting.protocol import PairReport, TargetCheck, pair_report, write_report
 from ..reporting.results import QueryResult, RunStore
 from .baselines import SingleLLM
+from .environment import software_environment
 from .library import library_shard, plan_key
 from .protocol import (MASROUTER, ORACLE, Cell, Pair, PairRun, ProtocolSettings,
                        protocol_threads)
@@ -429,6 +430,8 @@ class GridResults:
             "spent (this invocation, what the budget counted)":
                 spending_text(spending) if spending else "nothing yet",
             "ledgers": ", ".join(self.ledgers(run) for run in runs),
+            "environment (this invocation)": software_environment(),
+            "environments the routers were trained in": _training_environments(runs),
         }
         if runs:
             meta["$ figures"] = notional_note([s for run in runs for s in run.specs]) or "real"
@@ -438,6 +441,16 @@ class GridResults:
                     if k in ("backend", "collaboration_rule", "token_rule", "costs")}
         grid.reports = [pair_report(run, run.cells()) for run in runs]
         grid.checks = write_report(grid.reports, {**meta, "spending": spending}, self.out)
+
+
+def _training_environments(runs: Sequence[PairRun]) -> str:
+    """The distinct environments in MasRouter's curve files (``not recorded`` for files older
+    than the record), so a table whose routers were trained elsewhere says so."""
+    found = set()
+    for run in runs:
+        for path in sorted(run.out.glob("masrouter-seed*.curve.json")):
+            found.add(json.loads(path.read_text()).get("environment", "not recorded"))
+    return " | ".join(sorted(found)) or "none trained yet"
 
 
 async def run_grid(

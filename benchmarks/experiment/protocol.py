@@ -66,6 +66,7 @@ from ..tasks.datasets import Example
 from ..tasks.registry import scorer_fingerprint
 from ..tasks.splits import make_split, save_split, split_examples
 from .baselines import RandomPlans, SingleLLM, generalist_role
+from .environment import software_environment
 from .library import (SINGLES_FILE, OutcomeStore, SingleOutcomes, build_library, execute,
                       library_shard, outcome_files, plan_key, shard_file, single_plans)
 from .pipeline import Pipeline
@@ -423,6 +424,7 @@ class PairRun:
         save_checkpoint(path, router, self.vocab, library=self.library, gate=gate,
                         outcome_models=models, origin=origin)
         path.with_suffix(".curve.json").write_text(json.dumps({
+            "environment": software_environment(),
             "best_step": trainer.best_step,
             "gate": {f"{lam:g}": plan_key(self.library[entry]) if isinstance(entry, int)
                      else entry for lam, entry in gate[self.domain].items()},

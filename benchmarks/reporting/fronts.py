@@ -213,7 +213,8 @@ def best_baseline(utilities: Mapping[str, float], groups: Mapping[str, str],
     """The method with the highest utility among those whose group is not excluded.
 
     Exclude the router under test and anything that is not a deployable competitor, e.g.
-    ``{"MasRouter", "oracle"}``. Ties go to the name that sorts first.
+    ``{"MasRouter", "oracle"}``. Ties (methods that chose the same plans tie exactly) go to the
+    method listed first in ``utilities``, so a caller decides which of equals to name.
 
     Args:
         utilities: method name → utility at one ``λ``.
@@ -237,7 +238,7 @@ def best_baseline(utilities: Mapping[str, float], groups: Mapping[str, str],
     if not candidates:
         raise ConfigError(f"no baseline left after excluding groups {sorted(exclude_groups)}; "
                           f"the groups present are {sorted({groups[n] for n in utilities})}")
-    name = min(candidates, key=lambda n: (-candidates[n], n))
+    name = max(candidates, key=candidates.__getitem__)  # the first of equal maxima
     return name, candidates[name]
 
 

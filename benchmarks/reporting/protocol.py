@@ -219,8 +219,11 @@ def _fronts(report: PairReport) -> None:
 
 
 def _comparisons(report: PairReport) -> None:
-    """Per λ: the best non-oracle baseline and the best single-agent router (ties to the name
-    that sorts first), MasRouter's regret against the one and its margin over the other."""
+    """Per λ: the best non-oracle baseline and the best single-agent router, MasRouter's regret
+    against the one and its margin over the other. Of methods tied on utility (often several
+    chose the same plans), the one listed first in the scores is named; they follow the cells'
+    order (:meth:`PairRun.cells`): the best fixed plan, the single-agent routers, single LLMs,
+    fixed modes, then votes, the simpler baseline first."""
     for lam in report.lambdas:
         at = [s for s in report.scores if s.cost_lambda == lam]
         groups = {s.method: s.group for s in at}
