@@ -16,7 +16,9 @@ from masr_graph.benchmarks.reporting.fronts import (
     accuracy_cost_front, best_baseline, hypervolume, paired_difference_with_ci, plan_distribution,
     regret, utility_with_ci,
 )
-from masr_graph.benchmarks.reporting.plots import plot_distributions, plot_fronts
+from masr_graph.benchmarks.reporting.plots import (
+    OTHER_LLMS, named_llm_shares, plot_distributions, plot_fronts,
+)
 
 from router_support import one_torch_thread
 
@@ -383,14 +385,34 @@ def test_plot_fronts_rejects_unplottable_input(tmp_path):
         plot_fronts([bad, other], tmp_path / "x.png")
 
 
-def test_plot_distributions_writes_a_png(tmp_path):
+def test_plot_distributions_writes_a_png_with_a_row_per_pair(tmp_path):
     plans = [{"mode": mode, "k": k, "roles": ["solver"] * k, "llms": llms[:k]}
              for mode, k, llms in [("IO", 1, ["a"]), ("Debate", 3, ["a", "b", "c"]),
                                    ("Chain", 2, ["b", "c"])]]
-    rows = [{"label": f"replay / pool / task {i} — MasRouter (λ={10 ** i})",
-             "distribution": plan_distribution(plans[: 1 + i % 3])} for i in range(8)]
+    panels = [{"title": f"world / pool / task {p}",
+               "rows": [{"label": f"router {i}", "distribution": plan_distribution(
+                   plans[: 1 + (i + p) % 3])} for i in range(7)]} for p in range(3)]
     path = tmp_path / "distribution.png"
-    plot_distributions(rows, path)
+    plot_distributions(panels, path)
     assert _is_png(path) and path.stat().st_size > 10_000
-    with pytest.raises(ConfigError, match="row 0 must be"):
-        plot_distributions([{"label": "x", "distribution": {"llm_shares": {}}}], path)
+    with pytest.raises(ConfigError, match=r"panel 0 \('t'\) row 0 must be"):
+        plot_distributions([{"title": "t", "rows": [{"label": "x", "distribution": {
+            "llm_shares": {}}}]}], path)
+    with pytest.raises(ConfigError, match="panel 0 must be"):
+        plot_distributions([{"title": "t", "rows": []}], path)
+    with pytest.raises(ConfigError, match="at least one panel"):
+        plot_distributions([], path)
+
+
+def test_named_llm_shares_lumps_the_least_used_and_keeps_each_bar_summing_to_one():
+    bars = [{"a": 0.5, "b": 0.3, "c": 0.1, "d": 0.1}, {"a": 0.2, "e": 0.8}]
+    named, lumped = named_llm_shares(bars, 2)
+    assert named == ["e", "a"]  # totals: e 0.8, a 0.7, b 0.3, c 0.1, d 0.1
+    assert lumped == [{"e": 0.0, "a": 0.5, OTHER_LLMS: pytest.approx(0.5)},
+                      {"e": 0.8, "a": 0.2, OTHER_LLMS: 0.0}]
+    assert all(sum(bar.values()) == pytest.approx(1.0) for bar in lumped)
+    # one LLM beyond the limit is named, not lumped
+    named, lumped = named_llm_shares(bars, 4)
+    assert len(named) == 5 and all(OTHER_LLMS not in bar for bar in lumped)
+
+

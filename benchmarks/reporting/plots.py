@@ -11,8 +11,7 @@ backend.
 from __future__ import annotations
 
 import math
-import textwrap
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from os import PathLike
 from typing import Any, Union
 
@@ -21,6 +20,7 @@ from matplotlib import colormaps
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
+from matplotlib.patches import Patch
 from matplotlib.ticker import LogLocator, NullFormatter
 
 from masr_graph.errors import ConfigError
@@ -119,78 +119,135 @@ def plot_fronts(panels: Sequence[Mapping[str, Any]], path: FilePath, *,
     fig.savefig(path, dpi=DPI, bbox_inches="tight")
 
 
-def plot_distributions(rows: Sequence[Mapping[str, Any]], path: FilePath) -> None:
-    """Stacked shares of what each method chose, one bar per (pair, method) row (like Fig. 4).
+OTHER_LLMS = "other LLMs"
 
-    Each row is ``{"label": str, "distribution": dict}`` with the dict returned by
-    :func:`~masr_graph.benchmarks.reporting.fronts.plan_distribution`. Three aligned subplots
-    share the bars: LLM shares over agent slots, collaboration-mode shares over plans and team-
-    size (``k``) shares over plans. LLMs are stacked in order of their overall share, so the
-    dominant LLMs sit at the bottom of every bar; legends are outside on the right; long labels
-    are wrapped and, with many rows, rotated.
+
+def plot_distributions(panels: Sequence[Mapping[str, Any]], path: FilePath, *,
+                       named_llms: int = 8) -> None:
+    """What each method chose on each pair, as stacked shares (like the paper's Fig. 4).
+
+    Each panel is one pair, ``{"title": str, "rows": [row, ...]}``, and each row one method's
+    bar, ``{"label": str, "distribution": dict}`` with the dict returned by
+    :func:`~masr_graph.benchmarks.reporting.fronts.plan_distribution`. A pair gets one row of
+    three plots sharing its bars: collaboration-mode and team-size (``k``) shares over plans and
+    LLM shares over agent slots. Modes and sizes keep one colour across pairs (one legend at the
+    top); LLMs differ by pool, so each pair's LLM plot has its own legend, naming its
+    ``named_llms`` most used LLMs and stacking the rest as "other LLMs", the most used at the
+    bottom of every bar.
 
     Args:
-        rows: the bars, left to right.
+        panels: the pairs, top to bottom.
         path: output file; the format follows its suffix.
+        named_llms: LLMs named per pair, ``≥ 1``.
 
     Raises:
-        ConfigError: no rows, or a row lacks ``label`` or a distribution with ``llm_shares``,
-            ``mode_shares`` and ``k_shares``.
+        ConfigError: no panels, a panel without ``title`` or rows, or a row lacks ``label`` or a
+            distribution with ``llm_shares``, ``mode_shares`` and ``k_shares``.
     """
-    if not rows:
-        raise ConfigError("plot_distributions needs at least one row; got none")
-    labels, distributions = [], []
-    for index, row in enumerate(rows):
-        needed = ("llm_shares", "mode_shares", "k_shares")
+    if not panels:
+        raise ConfigError("plot_distributions needs at least one panel; got none")
+    if int(named_llms) != named_llms or named_llms < 1:
+        raise ConfigError(f"named_llms must be a positive integer; got {named_llms!r}")
+    checked = [_check_distribution_panel(panel, index) for index, panel in enumerate(panels)]
+    mode_keys = _keys_by_share(d["mode_shares"] for _, rows in checked for _, d in rows)
+    k_keys = sorted({k for _, rows in checked for _, d in rows for k in d["k_shares"]})
+    mode_colours = dict(zip(mode_keys, _palette(len(mode_keys))))
+    viridis = colormaps["viridis"]
+    k_colours = {k: viridis(0.15 + 0.7 * i / max(1, len(k_keys) - 1))
+                 for i, k in enumerate(k_keys)}
+    widest = max(len(rows) for _, rows in checked)
+    fig = Figure(figsize=(3 * max(2.6, 0.42 * widest) + 3.2, 2.9 * len(checked) + 0.9))
+    FigureCanvasAgg(fig)
+    axes = fig.subplots(len(checked), 3, squeeze=False)
+    for (title, rows), (mode_ax, k_ax, llm_ax) in zip(checked, axes):
+        labels = [label for label, _ in rows]
+        distributions = [d for _, d in rows]
+        _stack(mode_ax, distributions, "mode_shares", mode_colours, str)
+        _stack(k_ax, distributions, "k_shares", k_colours, lambda key: f"k = {key}")
+        used = len(_keys_by_share(d["llm_shares"] for d in distributions))
+        named, lumped = named_llm_shares([d["llm_shares"] for d in distributions], named_llms)
+        llm_colours = dict(zip(named, _palette(len(named))))
+        if len(named) < used:
+            llm_colours[OTHER_LLMS] = "lightgrey"
+        _stack(llm_ax, [{"llm_shares": shares} for shares in lumped], "llm_shares",
+               llm_colours, str)
+        llm_ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize=6.5, frameon=False,
+                      title=f"LLMs ({used} used)", title_fontsize=7)
+        for ax, ylabel in ((mode_ax, "share of plans (mode)"), (k_ax, "share of plans (k)"),
+                           (llm_ax, "share of agents (LLM)")):
+            ax.set_title(title, fontsize=9)
+            ax.set_ylabel(ylabel, fontsize=7)
+            ax.set_xticks(np.arange(len(labels)))
+            ax.set_xticklabels(labels, rotation=35, ha="right", rotation_mode="anchor",
+                               fontsize=6.5)
+    top_handles = ([Patch(color=mode_colours[key], label=str(key)) for key in mode_keys]
+                   + [Patch(color=k_colours[key], label=f"k = {key}") for key in k_keys])
+    fig.tight_layout(rect=(0.0, 0.0, 1.0, 1.0 - 0.7 / fig.get_figheight()))
+    fig.legend(handles=top_handles, loc="upper center", ncol=min(len(top_handles), 12),
+               fontsize=7, frameon=False, title="modes and team sizes (every pair)",
+               title_fontsize=7)
+    fig.savefig(path, dpi=DPI, bbox_inches="tight")
+
+
+def named_llm_shares(shares: Sequence[Mapping[str, float]],
+                     named_llms: int) -> tuple[list[str], list[dict[str, float]]]:
+    """The ``named_llms`` LLMs of largest total share over ``shares`` (one dict per bar), and
+    each bar's shares with the rest summed as :data:`OTHER_LLMS` (present only when there is a
+    rest). One LLM beyond the limit is named rather than lumped: a legend entry "other LLMs"
+    standing for one LLM would hide its name for nothing."""
+    keys = _keys_by_share(shares)
+    named = keys if len(keys) <= named_llms + 1 else keys[:named_llms]
+    lumped = []
+    for bar in shares:
+        kept = {key: float(bar.get(key, 0.0)) for key in named}
+        if len(named) < len(keys):
+            kept[OTHER_LLMS] = sum(float(v) for key, v in bar.items() if key not in named)
+        lumped.append(kept)
+    return named, lumped
+
+
+def _check_distribution_panel(panel: Mapping[str, Any],
+                              index: int) -> tuple[str, list[tuple[str, Mapping[str, Any]]]]:
+    needed = ("llm_shares", "mode_shares", "k_shares")
+    rows = panel.get("rows") if isinstance(panel, Mapping) else None
+    if not isinstance(panel, Mapping) or "title" not in panel or not rows:
+        raise ConfigError(f"panel {index} must be {{'title': str, 'rows': [...]}} with at least "
+                          f"one row; got {panel!r:.120}")
+    checked = []
+    for row_index, row in enumerate(rows):
         distribution = row.get("distribution")
         if "label" not in row or not isinstance(distribution, Mapping) or any(
                 key not in distribution for key in needed):
-            raise ConfigError(f"row {index} must be {{'label': str, 'distribution': "
-                              f"plan_distribution(...)}}, the distribution with keys "
-                              f"{list(needed)}; got row keys {sorted(row)}")
-        labels.append(str(row["label"]))
-        distributions.append(distribution)
+            raise ConfigError(f"panel {index} ({panel['title']!r}) row {row_index} must be "
+                              f"{{'label': str, 'distribution': plan_distribution(...)}}, the "
+                              f"distribution with keys {list(needed)}; got row keys "
+                              f"{sorted(row)}")
+        checked.append((str(row["label"]), distribution))
+    return str(panel["title"]), checked
 
-    n = len(rows)
-    fig = Figure(figsize=(max(6.5, 0.8 * n + 3.5), 8.0))
-    FigureCanvasAgg(fig)
-    axes = fig.subplots(3, 1, sharex=True)
-    positions = np.arange(n)
-    panels = (("llm_shares", "share of agents (LLM)", lambda key: str(key)),
-              ("mode_shares", "share of plans (mode)", lambda key: str(key)),
-              ("k_shares", "share of plans (k)", lambda key: f"k = {key}"))
-    for ax, (field, ylabel, legend_label) in zip(axes, panels):
-        totals: dict[Any, float] = {}
-        for distribution in distributions:
-            for key, share in distribution[field].items():
-                totals[key] = totals.get(key, 0.0) + float(share)
-        if field == "k_shares":
-            keys = sorted(totals)
-            cmap = colormaps["viridis"]
-            colours = [cmap(0.15 + 0.7 * i / max(1, len(keys) - 1)) for i in range(len(keys))]
-        else:
-            keys = sorted(totals, key=lambda key: (-totals[key], str(key)))
-            colours = _palette(len(keys))
-        bottom = np.zeros(n)
-        for key, colour in zip(keys, colours):
-            shares = np.array([float(d[field].get(key, 0.0)) for d in distributions])
-            ax.bar(positions, shares, bottom=bottom, width=0.7, color=colour,
-                   label=legend_label(key), edgecolor="white", linewidth=0.5)
-            bottom += shares
-        ax.set_ylim(0.0, 1.0)
-        ax.set_ylabel(ylabel, fontsize=8)
-        ax.tick_params(labelsize=7)
-        ax.grid(alpha=0.3, axis="y")
-        ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize=7, frameon=False,
-                  ncol=1 + len(keys) // 14)
-    # Few bars: wrapped labels fit side by side; many: rotated, anchored at the tick.
-    rotate = n > 6
-    axes[-1].set_xticks(positions)
-    axes[-1].set_xticklabels([textwrap.fill(label, 32 if rotate else 18) for label in labels],
-                             rotation=40 if rotate else 0, ha="right" if rotate else "center",
-                             rotation_mode="anchor", fontsize=7)
-    fig.tight_layout()
-    fig.savefig(path, dpi=DPI, bbox_inches="tight")
+
+def _keys_by_share(share_dicts: Any) -> list[Any]:
+    """Keys in order of decreasing total share over the dicts (ties by name)."""
+    totals: dict[Any, float] = {}
+    for shares in share_dicts:
+        for key, share in shares.items():
+            totals[key] = totals.get(key, 0.0) + float(share)
+    return sorted(totals, key=lambda key: (-totals[key], str(key)))
+
+
+def _stack(ax: Any, distributions: Sequence[Mapping[str, Any]], field: str,
+           colours: Mapping[Any, Any], label: Callable[[Any], str]) -> None:
+    """One stacked bar per distribution: the shares of ``field`` in ``colours``' order."""
+    positions = np.arange(len(distributions))
+    bottom = np.zeros(len(distributions))
+    for key, colour in colours.items():
+        shares = np.array([float(d[field].get(key, 0.0)) for d in distributions])
+        ax.bar(positions, shares, bottom=bottom, width=0.7, color=colour, label=label(key),
+               edgecolor="white", linewidth=0.5)
+        bottom += shares
+    ax.set_ylim(0.0, 1.0)
+    ax.tick_params(labelsize=6.5)
+    ax.grid(alpha=0.3, axis="y")
 
 
 def _draw_method(ax: Any, method: Mapping[str, Any], colour: Any, marker: str) -> None:

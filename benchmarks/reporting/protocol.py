@@ -535,8 +535,9 @@ def write_report(reports: Sequence[PairReport], meta: dict[str, Any],
             for name, pts in methods.items() if pts]})
     if panels:
         plot_fronts(panels, out / "fronts.png")
-    rows = [{"label": f"{r.pair}\n{method}", "distribution": dist}
-            for r in reports for method, dist in r.distributions.items()]
-    if rows:
-        plot_distributions(rows, out / "plans.png")
+    chosen = [{"title": r.pair, "rows": [{"label": method, "distribution": dist}
+                                         for method, dist in r.distributions.items()]}
+              for r in reports if r.distributions]
+    if chosen:
+        plot_distributions(chosen, out / "plans.png")
     return checks
