@@ -1,16 +1,18 @@
 """The software and CPU a protocol's figures were computed with, for ``results.md``.
 
-The replay worlds are deterministic, but the routers learn from float embeddings: MiniLM's
-vectors move by about 1e-7 with the BLAS kernels a CPU gets (AVX2 or AVX-512) and with library
-versions, and a router's choice at a marginal validation gate can follow. Two runs of one commit
-on different machines may therefore differ in a few cells; this line says which environment
-produced a table, so that such a difference can be traced.
+The replay worlds are deterministic, but the routers learn in floating point: MiniLM's
+embeddings move by about 1e-7 with the batch a text is encoded in, and two runs of one commit
+from nothing, on two machines with different CPUs and package versions, gave the same baselines
+but differed in a few of MasRouter's validation-gate decisions (README, "The same code on
+another machine"; the cause was not isolated). This line says which environment produced a
+table and trained its routers, so that such a difference can be traced.
 """
 from __future__ import annotations
 
 import importlib.metadata
 import os
 import platform
+from functools import cache
 from pathlib import Path
 
 import torch
@@ -36,9 +38,11 @@ def _version(distribution: str) -> str:
         return "not installed"
 
 
+@cache
 def software_environment() -> str:
     """One line: Python, the CPU (model, count, the vector extension torch dispatches to) and
-    the versions of :data:`NUMERIC_PACKAGES`."""
+    the versions of :data:`NUMERIC_PACKAGES` (read once per process: tables are rewritten
+    after every pair and, on Ray, every 30 s)."""
     cpu = (f"{_cpu_model()}, {os.cpu_count()} CPUs, torch kernels "
            f"{torch.backends.cpu.get_cpu_capability()}")
     packages = ", ".join(f"{name} {_version(name)}" for name in NUMERIC_PACKAGES)

@@ -431,7 +431,6 @@ class GridResults:
                 spending_text(spending) if spending else "nothing yet",
             "ledgers": ", ".join(self.ledgers(run) for run in runs),
             "environment (this invocation)": software_environment(),
-            "environments the routers were trained in": _training_environments(runs),
         }
         if runs:
             meta["$ figures"] = notional_note([s for run in runs for s in run.specs]) or "real"
@@ -440,17 +439,10 @@ class GridResults:
                     k: v for k, v in run.backend.items()
                     if k in ("backend", "collaboration_rule", "token_rule", "costs")}
         grid.reports = [pair_report(run, run.cells()) for run in runs]
+        meta["environments the routers were trained in"] = " | ".join(sorted(
+            {env for report in grid.reports for env in report.training_environments})) or (
+            "none trained yet")
         grid.checks = write_report(grid.reports, {**meta, "spending": spending}, self.out)
-
-
-def _training_environments(runs: Sequence[PairRun]) -> str:
-    """The distinct environments in MasRouter's curve files (``not recorded`` for files older
-    than the record), so a table whose routers were trained elsewhere says so."""
-    found = set()
-    for run in runs:
-        for path in sorted(run.out.glob("masrouter-seed*.curve.json")):
-            found.add(json.loads(path.read_text()).get("environment", "not recorded"))
-    return " | ".join(sorted(found)) or "none trained yet"
 
 
 async def run_grid(

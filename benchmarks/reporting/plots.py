@@ -162,15 +162,16 @@ def plot_distributions(panels: Sequence[Mapping[str, Any]], path: FilePath, *,
     for (title, rows), (mode_ax, k_ax, llm_ax) in zip(checked, axes):
         labels = [label for label, _ in rows]
         distributions = [d for _, d in rows]
-        _stack(mode_ax, distributions, "mode_shares", mode_colours, str)
-        _stack(k_ax, distributions, "k_shares", k_colours, lambda key: f"k = {key}")
-        used = len(_keys_by_share(d["llm_shares"] for d in distributions))
-        named, lumped = named_llm_shares([d["llm_shares"] for d in distributions], named_llms)
+        _stack(mode_ax, [d["mode_shares"] for d in distributions], mode_colours, str)
+        _stack(k_ax, [d["k_shares"] for d in distributions], k_colours,
+               lambda key: f"k = {key}")
+        llm_shares = [d["llm_shares"] for d in distributions]
+        named, lumped = named_llm_shares(llm_shares, named_llms)
         llm_colours = dict(zip(named, _palette(len(named))))
-        if len(named) < used:
+        if OTHER_LLMS in lumped[0]:
             llm_colours[OTHER_LLMS] = "lightgrey"
-        _stack(llm_ax, [{"llm_shares": shares} for shares in lumped], "llm_shares",
-               llm_colours, str)
+        _stack(llm_ax, lumped, llm_colours, str)
+        used = len({llm for shares in llm_shares for llm in shares})
         llm_ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize=6.5, frameon=False,
                       title=f"LLMs ({used} used)", title_fontsize=7)
         for ax, ylabel in ((mode_ax, "share of plans (mode)"), (k_ax, "share of plans (k)"),
@@ -235,13 +236,13 @@ def _keys_by_share(share_dicts: Any) -> list[Any]:
     return sorted(totals, key=lambda key: (-totals[key], str(key)))
 
 
-def _stack(ax: Any, distributions: Sequence[Mapping[str, Any]], field: str,
-           colours: Mapping[Any, Any], label: Callable[[Any], str]) -> None:
-    """One stacked bar per distribution: the shares of ``field`` in ``colours``' order."""
-    positions = np.arange(len(distributions))
-    bottom = np.zeros(len(distributions))
+def _stack(ax: Any, bars: Sequence[Mapping[Any, float]], colours: Mapping[Any, Any],
+           label: Callable[[Any], str]) -> None:
+    """One stacked bar per share dict, its keys stacked in ``colours``' order."""
+    positions = np.arange(len(bars))
+    bottom = np.zeros(len(bars))
     for key, colour in colours.items():
-        shares = np.array([float(d[field].get(key, 0.0)) for d in distributions])
+        shares = np.array([float(bar.get(key, 0.0)) for bar in bars])
         ax.bar(positions, shares, bottom=bottom, width=0.7, color=colour, label=label(key),
                edgecolor="white", linewidth=0.5)
         bottom += shares

@@ -105,6 +105,10 @@ class PairReport:
     validation utility, the mean standard error ``difference_se`` of their paired difference
     (``nan`` for runs older than it), the fallback's ``rules``, and the cross-validated
     ``constant_cv`` and ``outcomes_cv`` utilities."""
+    training_environments: list[str] = field(default_factory=list)
+    """The distinct environments MasRouter's seeds were trained in, from their curve files
+    (``not recorded`` for files older than the record; see
+    :func:`~masr_graph.benchmarks.experiment.environment.software_environment`)."""
 
     def score(self, method: str, cost_lambda: float) -> Optional[MethodScore]:
         for score in self.scores:
@@ -146,7 +150,12 @@ def pair_report(run: PairRun, cells: Sequence[Cell]) -> PairReport:
             report.scores.append(MethodScore(
                 run.pair.name, method, groups[method], lam, len(runs), len(ids), *utility,
                 *accuracy, float(cost.mean()), errors, cell_lambda is None))
-    report.gate = _gate_summary(run)
+    curves = [json.loads(path.read_text()) for path in
+              (run.out / f"masrouter-seed{seed}.curve.json" for seed in run.settings.seeds)
+              if path.exists()]
+    report.gate = _gate_summary(curves)
+    report.training_environments = sorted({curve.get("environment", "not recorded")
+                                           for curve in curves})
     _fronts(report)
     _comparisons(report)
     _paired_differences(report, per_query)
@@ -165,18 +174,14 @@ HYPERVOLUME_TIE = 1e-4
 has exactly its front)."""
 
 
-def _gate_summary(run: PairRun) -> dict[float, dict[str, Any]]:
+def _gate_summary(curves: Sequence[dict[str, Any]]) -> dict[float, dict[str, Any]]:
     """What MasRouter's validation gate decided per λ (from its seeds' curve files): the share
     of seeds on the fallback, the mean validation utility of the router and of the fallback
     (held out), the fallback's rules, and the cross-validated utility of the best constant plan
     and of per-query routing by plan outcomes (see
     :func:`masr_graph.router.library.choose_fallbacks`)."""
     decided: dict[float, list[dict[str, Any]]] = defaultdict(list)
-    for seed in run.settings.seeds:
-        path = run.out / f"masrouter-seed{seed}.curve.json"
-        if not path.exists():
-            continue
-        curve = json.loads(path.read_text())
+    for curve in curves:
         for lam, entry in curve.get("gate_evidence", {}).items():
             scores = entry.get("cross_validated", {})
             decided[float(lam)].append({
