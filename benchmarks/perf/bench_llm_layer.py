@@ -36,6 +36,7 @@ from typing import Awaitable, Callable, Iterator, NamedTuple
 
 import openai
 
+from masr_graph.benchmarks.experiment.environment import software_environment
 from masr_graph.llm import LLMPool, LLMSpec, ResponseCache
 
 SERVER_SCRIPT = Path(__file__).resolve().parents[2] / "tests" / "loopback_server.py"
@@ -172,6 +173,7 @@ async def run(
         f"calls {calls}, concurrency {concurrency}, server latency {latency_ms:g} ms, "
         f"best of {repeats} interleaved repeats"
     )
+    print(f"environment: {software_environment()}")
     print(
         f"c = bare AsyncOpenAI cost per call ({sdk_calls} sequential calls, zero-latency server): "
         f"{c * 1e3:.2f} ms wall, of which {c_cpu * 1e3:.2f} ms client CPU"

@@ -37,6 +37,7 @@ from typing import Callable
 
 import torch
 
+from masr_graph.benchmarks.experiment.environment import software_environment
 from masr_graph.benchmarks.tasks.registry import load_benchmark
 from masr_graph.llm import load_pool_config
 from masr_graph.router import LLMNode, MasRouter, ModeNode, NodeVocab, RoleNode, TextEncoder
@@ -209,8 +210,8 @@ def main() -> None:
     args = parser.parse_args()
     thread_counts = [int(t) for t in args.threads.split(",")]
     torch.manual_seed(0)
-    print(f"torch {torch.__version__}, {os.cpu_count()} CPUs, load average "
-          f"{os.getloadavg()[0]:.1f} at start (other processes share the CPUs)")
+    print(f"{software_environment()}; load average {os.getloadavg()[0]:.1f} at start (other "
+          "processes share the CPUs)")
     queries = load_queries(args.queries)
     encoder = TextEncoder()
     print(f"MiniLM load (once per process): {timed(lambda: encoder.encode(['warm-up'])):.2f} s")

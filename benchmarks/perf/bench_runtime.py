@@ -42,6 +42,7 @@ from typing import Sequence
 import networkx as nx
 import openai
 
+from masr_graph.benchmarks.experiment.environment import software_environment
 from masr_graph.llm import LLMPool, LLMSpec
 from masr_graph.plan import Plan
 from masr_graph.runtime.engine import MASExecutor, QueryItem
@@ -232,6 +233,7 @@ async def main_async(args: argparse.Namespace) -> None:
         f"{args.latency_ms:g} ms (separate process); load average {load_before:.1f} at start "
         f"on {os.cpu_count()} CPUs; medians of {args.repeats} alternating runs"
     )
+    print(f"environment: {software_environment()}")
     print("engine walls: " + ", ".join(f"{w:.2f}" for w in engine_walls) + " s")
     for level in bare_levels:
         print(

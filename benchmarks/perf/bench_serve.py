@@ -55,6 +55,7 @@ import torch
 
 from masr_graph.benchmarks.experiment import DEFAULT_ROUTER_CONFIG
 from masr_graph.benchmarks.experiment.baselines import generalist_role
+from masr_graph.benchmarks.experiment.environment import software_environment
 from masr_graph.benchmarks.experiment.library import single_plans
 from masr_graph.plan import Plan
 from masr_graph.replay import load_world, replay_specs
@@ -228,8 +229,8 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
         raise SystemExit(f"--requests + --warmup must be <= {len(queries)} (the recorded GSM8K "
                          f"queries; got {args.requests + args.warmup})")
     measured, warm = queries[:args.requests], queries[args.requests:args.requests + args.warmup]
-    print(f"torch {torch.__version__}, openai {openai.__version__}, {os.cpu_count()} CPUs, load "
-          f"average {os.getloadavg()[0]:.1f} at start (other processes share the CPUs)")
+    print(f"{software_environment()}, openai {openai.__version__}; load average "
+          f"{os.getloadavg()[0]:.1f} at start (other processes share the CPUs)")
     encoder = TextEncoder()
     encoder.encode(warm[:MAX_BATCH], use_cache=False)  # load and warm the encoder of the floor
     with tempfile.TemporaryDirectory(prefix="bench-serve-") as tmp:

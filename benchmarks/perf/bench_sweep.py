@@ -34,6 +34,8 @@ import time
 from pathlib import Path
 from typing import Any, Optional, Sequence
 
+from masr_graph.benchmarks.experiment.environment import software_environment
+
 RUN_ALL = Path(__file__).resolve().parents[1] / "run_all.py"
 SUMMARY = re.compile(r"^✓ (?P<name>[^:]+): (?P<what>.*) · (?P<seconds>[0-9.]+)s$")
 
@@ -188,6 +190,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     print(f"bench_sweep: {grid} ({' '.join(flags)}), serial vs --ray with {args.workers} "
           f"workers on {os.cpu_count()} cores; load average before: "
           f"{' '.join(f'{x:.1f}' for x in os.getloadavg())}", flush=True)
+    print(f"  environment: {software_environment()}", flush=True)
     serial = timed_run(flags, args.out / "serial", env)
     print(f"  serial: {serial['wall_s']:.1f} s ({serial['grid_wall_s']:.0f} s in the grid), "
           f"{len(serial['units'])} units", flush=True)
@@ -201,6 +204,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     efficiency = speedup / args.workers
     report: dict[str, Any] = {
         "grid": grid, "flags": flags, "workers": args.workers, "cores": os.cpu_count(),
+        "environment": software_environment(),
         "serial": serial, "ray": ray_run,
         "speedup": speedup, "efficiency": efficiency, "same_tables": same,
         "units_serial": by_kind(serial["units"]), "units_ray": by_kind(ray_run["units"]),
