@@ -361,11 +361,66 @@ def _is_png(path) -> bool:
     return path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
-@pytest.mark.parametrize("n_panels", [1, 2, 5])
-def test_plot_fronts_writes_a_png(n_panels, tmp_path):
+def _overlapping(texts, renderer) -> list[tuple[str, str]]:
+    """Pairs of non-empty, visible texts whose drawn boxes intersect."""
+    shown = [text for text in texts if text.get_visible() and text.get_text()]
+    boxes = [text.get_window_extent(renderer) for text in shown]
+    return [(shown[i].get_text(), shown[j].get_text())
+            for i in range(len(shown)) for j in range(i + 1, len(shown))
+            if boxes[i].overlaps(boxes[j])]
+
+
+def _method_lines(ax) -> list:
+    """The lines drawn for methods (not the caps of CI bars, which are lines too)."""
+    return [line for line in ax.get_lines() if line.get_marker() != "_"]
+
+
+def _narrow(panel: dict) -> dict:
+    """``panel`` with its costs squeezed into under one decade (1e-4 to 8e-4), where
+    matplotlib's default log axis labels minor ticks that run into each other."""
+    for method in panel["methods"]:
+        method["points"] = [(1e-4 * 8 ** ((math.log10(cost) + 5) / 2), *rest)
+                            for cost, *rest in method["points"]]
+    return panel
+
+
+@pytest.mark.parametrize("n_panels, narrow", [(1, False), (2, True), (5, False)])
+def test_plot_fronts_draws_each_front_as_a_line_with_ci_bars_a_legend_and_no_overlaps(
+        n_panels, narrow, tmp_path):
     path = tmp_path / "fronts.png"
-    plot_fronts([_panel(f"replay / pool / task {i}", i) for i in range(n_panels)], path)
-    assert _is_png(path) and path.stat().st_size > 10_000
+    panels = [_panel(f"replay / pool / task {i}", i) for i in range(n_panels)]
+    if narrow:
+        panels = [_narrow(panel) for panel in panels]
+    fig = plot_fronts(panels, path)
+    assert _is_png(path)
+    visible = [ax for ax in fig.axes if ax.get_visible()]
+    assert len(visible) == n_panels  # unused grid cells (5 panels on 3 columns) are hidden
+    renderer = fig.canvas.get_renderer()
+    for ax, panel in zip(visible, panels):
+        assert ax.get_title() == panel["title"]
+        # every method is drawn (no empty panel); the two λ sweeps as lines through their
+        # points in cost order, the single points as bare markers
+        drawn = _method_lines(ax)
+        assert len(drawn) == len(panel["methods"])
+        lines = [line for line in drawn if line.get_linestyle() == "-"]
+        assert sorted(len(line.get_xdata()) for line in lines) == [2, 3]
+        assert all(list(line.get_xdata()) == sorted(line.get_xdata()) for line in lines)
+        # one CI bar per point with finite bounds: 6 singles + 2 of kNN + 2 + 1
+        bars = sum(len(c.get_segments()) for c in ax.collections)
+        assert bars == 6 + 2 + 2 + 1
+        low, high = ax.get_xlim()
+        ticks = [label for label in ax.get_xticklabels(which="both")
+                 if low <= label.get_position()[0] <= high]  # ticks off the axis are not drawn
+        assert any(label.get_text() for label in ticks)  # the cost axis is labelled
+        assert not _overlapping(ticks, renderer)
+    assert not _overlapping([ax.title for ax in visible], renderer)
+    legend = fig.legends[0]
+    names = [text.get_text() for text in legend.get_texts()]
+    methods = [m["name"] for m in panels[0]["methods"]]
+    assert names[0] == "MasRouter" and set(methods) <= set(names)
+    assert {"single LLM", "LLM router", "oracle"} <= set(names)  # group headers
+    legend_box = legend.get_window_extent(renderer)
+    assert not any(legend_box.overlaps(ax.get_tightbbox(renderer)) for ax in visible)
 
 
 def test_plot_fronts_rejects_unplottable_input(tmp_path):
@@ -393,8 +448,30 @@ def test_plot_distributions_writes_a_png_with_a_row_per_pair(tmp_path):
                "rows": [{"label": f"router {i}", "distribution": plan_distribution(
                    plans[: 1 + (i + p) % 3])} for i in range(7)]} for p in range(3)]
     path = tmp_path / "distribution.png"
-    plot_distributions(panels, path)
-    assert _is_png(path) and path.stat().st_size > 10_000
+    fig = plot_distributions(panels, path)
+    assert _is_png(path)
+    grid = [fig.axes[3 * p: 3 * p + 3] for p in range(len(panels))]
+    assert len(fig.axes) == 3 * len(panels)
+    renderer = fig.canvas.get_renderer()
+    for panel, row in zip(panels, grid):
+        labels = [r["label"] for r in panel["rows"]]
+        for ax in row:
+            assert ax.get_title() == panel["title"]
+            assert [text.get_text() for text in ax.get_xticklabels()] == labels
+            tops = np.zeros(len(labels))  # each bar's segments tile [0, 1] bottom to top
+            for segment in ax.patches:
+                position = round(segment.get_x() + segment.get_width() / 2)
+                assert segment.get_y() == pytest.approx(tops[position])
+                tops[position] += segment.get_height()
+            assert tops == pytest.approx(np.ones(len(labels)))
+        assert row[2].get_legend().get_title().get_text() == "LLMs (3 used)"
+    boxes = [ax.get_tightbbox(renderer) for ax in fig.axes]
+    assert not [(i, j) for i in range(len(boxes)) for j in range(i + 1, len(boxes))
+                if boxes[i].overlaps(boxes[j])]  # no plot's labels run into another plot
+    top = fig.legends[0]
+    assert [text.get_text() for text in top.get_texts()] == [
+        "IO", "Debate", "Chain", "k = 1", "k = 2", "k = 3"]
+    assert not any(top.get_window_extent(renderer).overlaps(box) for box in boxes)
     with pytest.raises(ConfigError, match=r"panel 0 \('t'\) row 0 must be"):
         plot_distributions([{"title": "t", "rows": [{"label": "x", "distribution": {
             "llm_shares": {}}}]}], path)

@@ -35,8 +35,9 @@ FilePath = Union[str, "PathLike[str]"]
 
 
 def plot_fronts(panels: Sequence[Mapping[str, Any]], path: FilePath, *,
-                cost_label: str = DEFAULT_COST_LABEL, columns: int = 3) -> None:
-    """Accuracy against $ per query, one panel per (world, pool, task), saved as an image.
+                cost_label: str = DEFAULT_COST_LABEL, columns: int = 3) -> Figure:
+    """Accuracy against $ per query, one panel per (world, pool, task), saved as an image (the
+    figure is returned too, for inspection).
 
     Each panel is ``{"title": str, "methods": [method, ...]}`` and each method
     ``{"name": str, "group": str, "points": [(cost, accuracy, acc_ci_low, acc_ci_high), ...]}``.
@@ -117,14 +118,16 @@ def plot_fronts(panels: Sequence[Mapping[str, Any]], path: FilePath, *,
     for index in headers:
         legend.get_texts()[index].set_fontweight("bold")
     fig.savefig(path, dpi=DPI, bbox_inches="tight")
+    return fig
 
 
 OTHER_LLMS = "other LLMs"
 
 
 def plot_distributions(panels: Sequence[Mapping[str, Any]], path: FilePath, *,
-                       named_llms: int = 8) -> None:
-    """What each method chose on each pair, as stacked shares (like the paper's Fig. 4).
+                       named_llms: int = 8) -> Figure:
+    """What each method chose on each pair, as stacked shares (like the paper's Fig. 4), saved
+    as an image (the figure is returned too, for inspection).
 
     Each panel is one pair, ``{"title": str, "rows": [row, ...]}``, and each row one method's
     bar, ``{"label": str, "distribution": dict}`` with the dict returned by
@@ -188,6 +191,7 @@ def plot_distributions(panels: Sequence[Mapping[str, Any]], path: FilePath, *,
                fontsize=7, frameon=False, title="modes and team sizes (every pair)",
                title_fontsize=7)
     fig.savefig(path, dpi=DPI, bbox_inches="tight")
+    return fig
 
 
 def named_llm_shares(shares: Sequence[Mapping[str, float]],
