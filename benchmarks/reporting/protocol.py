@@ -229,12 +229,13 @@ def _comparisons(report: PairReport) -> None:
     chose the same plans), the one listed first in the scores is named; they follow the cells'
     order (:meth:`PairRun.cells`): the best fixed plan, the single-agent routers, single LLMs,
     fixed modes, then votes, the simpler baseline first."""
+    not_baselines = ("MasRouter", "oracle")  # the router under test; no deployable method
     for lam in report.lambdas:
         at = [s for s in report.scores if s.cost_lambda == lam]
         groups = {s.method: s.group for s in at}
-        if any(s.group not in ("MasRouter", "oracle") for s in at):
+        if any(s.group not in not_baselines for s in at):  # partial tables may hold none yet
             report.best_baseline[lam] = best_baseline(
-                {s.method: s.utility for s in at}, groups, ("MasRouter", "oracle"))
+                {s.method: s.utility for s in at}, groups, not_baselines)
         routers = {s.method: s.utility for s in at if s.group == "single-agent router"}
         if routers:
             report.best_single_agent_router[lam] = best_baseline(routers, groups, ())
