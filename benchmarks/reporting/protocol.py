@@ -24,7 +24,7 @@ import math
 from collections import defaultdict
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, NamedTuple, Optional, Sequence
+from typing import Any, Mapping, NamedTuple, Optional, Sequence
 
 import numpy as np
 
@@ -285,6 +285,14 @@ class _Hypervolumes(NamedTuple):
     hindsight: float
 
 
+def largest_other_hypervolume(hypervolumes: Mapping[str, float]) -> tuple[str, float]:
+    """The method other than MasRouter with the largest front (``("none", 0.0)`` if none).
+    The hindsight front of all single LLMs is no method a user could run (it picks the LLM per
+    cost level from test outcomes): it is shown beside, not competing."""
+    others = {m: hv for m, hv in hypervolumes.items() if m not in (MASROUTER, ALL_SINGLES)}
+    return max(others.items(), key=lambda item: item[1], default=("none", 0.0))
+
+
 def target_checks(reports: Sequence[PairReport]) -> list[TargetCheck]:
     """The protocol's targets (no regret, beating single-agent routers, largest hypervolume,
     varied plans, the ZeroEval moonshot), each with what was measured."""
@@ -331,12 +339,7 @@ def target_checks(reports: Sequence[PairReport]) -> list[TargetCheck]:
     fronts = []
     for r in reports:
         if MASROUTER in r.hypervolumes:
-            # the hindsight front of all single LLMs is no method a user could run (it picks
-            # the LLM per cost level from test outcomes): shown beside, not competing
-            others = {m: hv for m, hv in r.hypervolumes.items() if m not in (MASROUTER,
-                                                                               ALL_SINGLES)}
-            other, other_hv = max(others.items(), key=lambda item: item[1],
-                                  default=("none", 0.0))
+            other, other_hv = largest_other_hypervolume(r.hypervolumes)
             fronts.append(_Hypervolumes(r.pair, r.hypervolumes[MASROUTER], other, other_hv,
                                         r.hypervolumes.get(ALL_SINGLES, float("nan"))))
     won = sum(1 for f in fronts if f.masrouter >= f.largest_other - HYPERVOLUME_TIE)

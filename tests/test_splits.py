@@ -1,0 +1,128 @@
+"""Comparing runs on several splits (``benchmarks/splits.py``): pair reports survive the trip
+through ``results.json``; the mean over splits is taken per λ before the worst λ is picked;
+each target is checked per run and on the means; runs that cannot be compared are refused with
+a one-line error, through the command's exit status."""
+from __future__ import annotations
+
+import importlib.util
+import json
+from importlib import resources
+
+import pytest
+
+from masr_graph import ConfigError
+from masr_graph.benchmarks.experiment.protocol import MASROUTER
+from masr_graph.benchmarks.reporting.fronts import plan_distribution
+from masr_graph.benchmarks.reporting.protocol import (
+    MethodScore, PairReport, _comparisons, _fronts, write_report,
+)
+from masr_graph.benchmarks.reporting.splits import load_run, split_comparison
+from masr_graph.exit_status import EXIT_ERROR, EXIT_OK
+
+LAMBDAS = (0.0, 100.0, 10000.0)
+SINGLES = {"cheap (IO)": (0.80, 1e-5), "dear (IO)": (0.95, 1e-2)}
+
+
+def _score(pair: str, method: str, group: str, lam: float, accuracy: float,
+           usd: float) -> MethodScore:
+    utility = accuracy - lam * usd
+    return MethodScore(pair, method, group, lam, 3, 100, utility, utility - 0.05,
+                       utility + 0.05, accuracy, accuracy - 0.05, accuracy + 0.05, usd, 0,
+                       group == "single LLM")
+
+
+def _report(pair: str, masrouter: dict[float, tuple[float, float]],
+            knn: tuple[float, float]) -> PairReport:
+    """MasRouter with the given (accuracy, $/query) per λ, a kNN router that always picks the
+    cheap LLM and two single LLMs; fronts and comparisons as :func:`pair_report` computes
+    them."""
+    report = PairReport(pair, lambdas=LAMBDAS, middle_lambda=100.0)
+    for lam in LAMBDAS:
+        report.scores.append(_score(pair, MASROUTER, "MasRouter", lam, *masrouter[lam]))
+        report.scores.append(_score(pair, "kNN router", "single-agent router", lam, *knn))
+        for name, point in SINGLES.items():
+            report.scores.append(_score(pair, name, "single LLM", lam, *point))
+    report.distributions[MASROUTER] = plan_distribution(
+        [{"mode": "IO", "k": 1, "roles": ["solver"], "llms": [llm]}
+         for llm, count in (("a", 50), ("b", 30), ("c", 20)) for _ in range(count)])
+    _fronts(report)
+    _comparisons(report)
+    return report
+
+
+def _write_run(out, reports, split_seed: int, status: str = "done") -> None:
+    out.mkdir()
+    write_report(reports, {"status": status, "settings": f"ProtocolSettings(split_seed="
+                                                         f"{split_seed}, seeds=(0, 1, 2))"}, out)
+
+
+# split 0: MasRouter ties the dear LLM at λ = 0 and beats the kNN router by 0.02 at λ = 100;
+# split 1: 0.008 behind the dear LLM at λ = 0, 0.01 ahead of kNN at λ = 100
+SPLIT0 = {0.0: (0.95, 1e-3), 100.0: (0.82, 1e-5), 10000.0: (0.80, 1e-5)}
+SPLIT1 = {0.0: (0.942, 1e-3), 100.0: (0.81, 1e-5), 10000.0: (0.80, 1e-5)}
+
+
+def test_reports_survive_results_json_and_the_mean_is_taken_per_lambda(tmp_path):
+    first = [_report("p", SPLIT0, (0.80, 1e-5))]
+    _write_run(tmp_path / "s0", first, 0)
+    _write_run(tmp_path / "s1", [_report("p", SPLIT1, (0.80, 1e-5))], 1)
+    label, loaded = load_run(tmp_path / "s0")
+    assert label == f"split 0 ({tmp_path / 's0'})"
+    original, back = first[0], loaded[0]
+    assert back.regret == original.regret and back.best_baseline == original.best_baseline
+    assert back.single_agent_margin == pytest.approx(original.single_agent_margin)
+    assert back.hypervolumes == pytest.approx(original.hypervolumes)
+    assert back.scores == original.scores and back.lambdas == LAMBDAS
+
+    text, on_mean = split_comparison(dict(load_run(tmp_path / s) for s in ("s0", "s1")))
+    regret, margin, largest = on_mean
+    # worst mean regret: λ = 0, (0.000 + 0.008) / 2; the mean margin at λ = 100: (0.02 + 0.01) / 2
+    assert "p +0.0040" in regret.detail and regret.met is True
+    assert "p +0.0150" in margin.detail and margin.met is True
+    assert largest.met is True
+    assert "| mean over 2 splits | | | +0.0040 (λ=0) | +0.0150 |" in text
+    # per run: split 1 misses no regret by its own figures (0.008 > 0.005), split 0 meets it
+    row = next(line for line in text.splitlines() if line.startswith("| no regret"))
+    assert row.rstrip(" |").split(" | ")[1:] == ["met (1 of 1)", "missed (0 of 1)", "met (1 of 1)"]
+    assert "| plans vary with the query" in text  # per run only
+
+
+def test_runs_that_cannot_be_compared_are_refused(tmp_path):
+    _write_run(tmp_path / "s0", [_report("p", SPLIT0, (0.80, 1e-5))], 0)
+    _write_run(tmp_path / "other", [_report("q", SPLIT0, (0.80, 1e-5))], 1)
+    _write_run(tmp_path / "running", [_report("p", SPLIT1, (0.80, 1e-5))], 2, status="running")
+    runs = dict(load_run(tmp_path / s) for s in ("s0", "other"))
+    with pytest.raises(ConfigError, match=r"has the pairs \['q'\].*compare runs of the same"):
+        split_comparison(runs)
+    with pytest.raises(ConfigError, match="at least two runs"):
+        split_comparison(dict([load_run(tmp_path / "s0")]))
+    with pytest.raises(ConfigError, match="has not finished"):
+        load_run(tmp_path / "running")
+    payload = json.loads((tmp_path / "s0" / "results.json").read_text())
+    payload["pairs"][0]["missing"] = ["MasRouter λ=0 seed=1"]
+    (tmp_path / "s0" / "results.json").write_text(json.dumps(payload))
+    with pytest.raises(ConfigError, match=r"lacks 1 cells of p \(e\.g\. MasRouter λ=0"):
+        split_comparison({"a": load_run(tmp_path / "s0")[1],
+                          "b": [_report("p", SPLIT1, (0.80, 1e-5))]})
+    other_sweep = _report("p", SPLIT1, (0.80, 1e-5))
+    other_sweep.lambdas = (0.0, 100.0)
+    with pytest.raises(ConfigError, match=r"swept λ over \(0\.0, 100\.0\)"):
+        split_comparison({"a": [_report("p", SPLIT0, (0.80, 1e-5))], "b": [other_sweep]})
+    with pytest.raises(ConfigError, match="is not a results file"):
+        load_run(tmp_path / "nowhere")
+
+
+def test_the_command_prints_the_comparison_and_writes_it(tmp_path, capsys):
+    _write_run(tmp_path / "s0", [_report("p", SPLIT0, (0.80, 1e-5))], 0)
+    _write_run(tmp_path / "s1", [_report("p", SPLIT1, (0.80, 1e-5))], 1)
+    script = resources.files("masr_graph.benchmarks") / "splits.py"
+    spec = importlib.util.spec_from_file_location("splits_script", script)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    written = tmp_path / "splits.md"
+    assert module.main([str(tmp_path / "s0"), str(tmp_path / "s1"), "--out",
+                        str(written)]) == EXIT_OK
+    assert capsys.readouterr().out == written.read_text()
+    assert module.main([str(tmp_path / "s0"), str(tmp_path / "nowhere")]) == EXIT_ERROR
+    error = capsys.readouterr().err.strip()
+    assert error.startswith("splits.py: error:") and "\n" not in error
