@@ -8,20 +8,13 @@ import pytest
 
 from masr_graph.benchmarks.experiment.protocol import MASROUTER
 from masr_graph.benchmarks.reporting.protocol import (
-    ALL_SINGLES, MethodScore, PairReport, _comparisons, _fronts, _paired_differences,
+    ALL_SINGLES, PairReport, _comparisons, _fronts, _paired_differences,
     report_markdown, target_checks,
 )
 from masr_graph.benchmarks.reporting.fronts import plan_distribution
+from report_support import method_score
 
 LAMBDAS = (0.0, 100.0)
-
-
-def _score(pair: str, method: str, group: str, lam: float, accuracy: float,
-           usd: float) -> MethodScore:
-    utility = accuracy - lam * usd
-    return MethodScore(pair, method, group, lam, 3, 100, utility, utility - 0.05,
-                       utility + 0.05, accuracy, accuracy - 0.05, accuracy + 0.05, usd, 0,
-                       group in ("single LLM", "fixed vote"))
 
 
 def _report(pair: str, masrouter: dict[float, tuple[float, float]],
@@ -32,10 +25,11 @@ def _report(pair: str, masrouter: dict[float, tuple[float, float]],
     :func:`pair_report` does."""
     report = PairReport(pair, lambdas=LAMBDAS, middle_lambda=100.0)
     for lam in LAMBDAS:
-        report.scores.append(_score(pair, MASROUTER, "MasRouter", lam, *masrouter[lam]))
-        report.scores.append(_score(pair, "kNN router", "single-agent router", lam, *knn[lam]))
+        report.scores.append(method_score(pair, MASROUTER, "MasRouter", lam, *masrouter[lam]))
+        report.scores.append(method_score(pair, "kNN router", "single-agent router", lam,
+                                          *knn[lam]))
         for name, point in singles.items():
-            report.scores.append(_score(pair, name, "single LLM", lam, *point))
+            report.scores.append(method_score(pair, name, "single LLM", lam, *point))
     _fronts(report)
     _comparisons(report)
     return report
@@ -182,12 +176,12 @@ def test_regret_and_margin_carry_paired_cis_and_misses_beyond_noise_are_named():
 def test_ties_for_best_baseline_go_to_the_method_listed_first_as_the_cells_list_them():
     report = PairReport("tie", lambdas=(100.0,), middle_lambda=100.0)
     # the cells' order: MasRouter, the best fixed plan, the routers, single LLMs, ... the oracle
-    report.scores = [_score("tie", MASROUTER, "MasRouter", 100.0, 0.79, 1e-5),
-                     _score("tie", "best fixed plan", "fixed plan", 100.0, 0.80, 1e-5),
-                     _score("tie", "kNN router", "single-agent router", 100.0, 0.80, 1e-5),
-                     _score("tie", "MLP router", "single-agent router", 100.0, 0.80, 1e-5),
-                     _score("tie", "cheap (IO)", "single LLM", 100.0, 0.80, 1e-5),
-                     _score("tie", "oracle", "oracle", 100.0, 0.99, 1e-5)]
+    report.scores = [method_score("tie", MASROUTER, "MasRouter", 100.0, 0.79, 1e-5),
+                     method_score("tie", "best fixed plan", "fixed plan", 100.0, 0.80, 1e-5),
+                     method_score("tie", "kNN router", "single-agent router", 100.0, 0.80, 1e-5),
+                     method_score("tie", "MLP router", "single-agent router", 100.0, 0.80, 1e-5),
+                     method_score("tie", "cheap (IO)", "single LLM", 100.0, 0.80, 1e-5),
+                     method_score("tie", "oracle", "oracle", 100.0, 0.99, 1e-5)]
     _comparisons(report)
     # the oracle is no baseline; of the tied rest, the first listed, not "MLP router" (which
     # sorts first)

@@ -14,21 +14,14 @@ from masr_graph import ConfigError
 from masr_graph.benchmarks.experiment.protocol import MASROUTER
 from masr_graph.benchmarks.reporting.fronts import plan_distribution
 from masr_graph.benchmarks.reporting.protocol import (
-    MethodScore, PairReport, _comparisons, _fronts, write_report,
+    PairReport, _comparisons, _fronts, write_report,
 )
 from masr_graph.benchmarks.reporting.splits import load_run, split_comparison
 from masr_graph.exit_status import EXIT_ERROR, EXIT_OK
+from report_support import method_score
 
 LAMBDAS = (0.0, 100.0, 10000.0)
 SINGLES = {"cheap (IO)": (0.80, 1e-5), "dear (IO)": (0.95, 1e-2)}
-
-
-def _score(pair: str, method: str, group: str, lam: float, accuracy: float,
-           usd: float) -> MethodScore:
-    utility = accuracy - lam * usd
-    return MethodScore(pair, method, group, lam, 3, 100, utility, utility - 0.05,
-                       utility + 0.05, accuracy, accuracy - 0.05, accuracy + 0.05, usd, 0,
-                       group == "single LLM")
 
 
 def _report(pair: str, masrouter: dict[float, tuple[float, float]],
@@ -38,10 +31,10 @@ def _report(pair: str, masrouter: dict[float, tuple[float, float]],
     them."""
     report = PairReport(pair, lambdas=LAMBDAS, middle_lambda=100.0)
     for lam in LAMBDAS:
-        report.scores.append(_score(pair, MASROUTER, "MasRouter", lam, *masrouter[lam]))
-        report.scores.append(_score(pair, "kNN router", "single-agent router", lam, *knn))
+        report.scores.append(method_score(pair, MASROUTER, "MasRouter", lam, *masrouter[lam]))
+        report.scores.append(method_score(pair, "kNN router", "single-agent router", lam, *knn))
         for name, point in SINGLES.items():
-            report.scores.append(_score(pair, name, "single LLM", lam, *point))
+            report.scores.append(method_score(pair, name, "single LLM", lam, *point))
     report.distributions[MASROUTER] = plan_distribution(
         [{"mode": "IO", "k": 1, "roles": ["solver"], "llms": [llm]}
          for llm, count in (("a", 50), ("b", 30), ("c", 20)) for _ in range(count)])
