@@ -23,12 +23,22 @@ NUMERIC_PACKAGES = ("torch", "numpy", "scipy", "scikit-learn", "sentence-transfo
 
 
 def _cpu_model() -> str:
+    """The CPU's model name and, on Linux, its family, model and stepping (a virtual machine's
+    model name is often just the vendor's, e.g. "AMD EPYC", which does not tell two CPU
+    generations apart)."""
     cpuinfo = Path("/proc/cpuinfo")
-    if cpuinfo.exists():
-        for line in cpuinfo.read_text(errors="replace").splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    return platform.processor() or "unknown CPU"
+    if not cpuinfo.exists():
+        return platform.processor() or "unknown CPU"
+    fields: dict[str, str] = {}
+    for line in cpuinfo.read_text(errors="replace").splitlines():
+        key, _, value = line.partition(":")
+        if not key.strip():
+            break  # the first processor's block is enough
+        fields.setdefault(key.strip(), value.strip())
+    identity = ", ".join(f"{name} {fields[name]}" for name in ("cpu family", "model", "stepping")
+                         if name in fields)
+    name = fields.get("model name", "unknown CPU")
+    return f"{name} ({identity})" if identity else name
 
 
 def _version(distribution: str) -> str:
