@@ -11,6 +11,7 @@ from importlib import resources
 import pytest
 
 from masr_graph import ConfigError
+from masr_graph.benchmarks.experiment.grid import COMPLETE
 from masr_graph.benchmarks.experiment.protocol import MASROUTER
 from masr_graph.benchmarks.reporting.fronts import plan_distribution
 from masr_graph.benchmarks.reporting.protocol import (
@@ -43,7 +44,7 @@ def _report(pair: str, masrouter: dict[float, tuple[float, float]],
     return report
 
 
-def _write_run(out, reports, split_seed: int, status: str = "done") -> None:
+def _write_run(out, reports, split_seed: int, status: str = COMPLETE) -> None:
     out.mkdir()
     write_report(reports, {"status": status, "settings": f"ProtocolSettings(split_seed="
                                                          f"{split_seed}, seeds=(0, 1, 2))"}, out)

@@ -60,6 +60,8 @@ from .wiring import Runtime, open_runtime, spending_text
 
 PREPARE, LIBRARY, TRAIN, CELL = "prepare", "library", "train", "cell"
 KINDS = (PREPARE, LIBRARY, TRAIN, CELL)
+COMPLETE = "complete"
+"""The status ``results.json`` and ``results.md`` give a grid that has run to its end."""
 DONE, BUDGET, ERROR, SKIPPED = "done", "budget", "error", "skipped"
 Reporter = Callable[..., None]
 """``report(what=..., step=..., total=..., reward=..., usd=...)``: a running unit's progress."""
@@ -502,7 +504,7 @@ async def run_grid(
                                   tracker=tracker, data_dir=data_dir, budget=results.budget,
                                   unknown_outcome_cost=unknown_outcome_cost,
                                   fail_fast_after=fail_fast_after)
-        results.status = "complete"
+        results.status = COMPLETE
         results.write()
         if tracker is not None:
             tracker.finish(out, results.status)

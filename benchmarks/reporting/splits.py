@@ -21,6 +21,8 @@ import numpy as np
 
 from masr_graph.errors import ConfigError
 
+from ..experiment.grid import COMPLETE
+
 from .protocol import (
     HYPERVOLUME_TIE,
     MASROUTER,
@@ -77,7 +79,7 @@ def load_run(out: Path) -> tuple[str, list[PairReport]]:
     except (OSError, json.JSONDecodeError) as error:
         raise ConfigError(f"{path} is not a results file of run_all.py ({error})") from None
     meta = payload.get("meta", {})
-    if meta.get("status") != "done":
+    if meta.get("status") != COMPLETE:
         raise ConfigError(f"{path} is of a run that has not finished (status "
                           f"{meta.get('status')!r}); resume it with run_all.py --out {out}")
     seed = re.search(r"split_seed=(\d+)", str(meta.get("settings", "")))
