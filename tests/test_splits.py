@@ -44,10 +44,12 @@ def _report(pair: str, masrouter: dict[float, tuple[float, float]],
     return report
 
 
-def _write_run(out, reports, split_seed: int, status: str = COMPLETE) -> None:
+def _write_run(out, reports, split_seed: int, status: str = COMPLETE,
+               dollars: str = "real") -> None:
     out.mkdir()
-    write_report(reports, {"status": status, "settings": f"ProtocolSettings(split_seed="
-                                                         f"{split_seed}, seeds=(0, 1, 2))"}, out)
+    write_report(reports, {"status": status, "$ figures": dollars,
+                           "settings": f"ProtocolSettings(split_seed={split_seed}, "
+                                       "seeds=(0, 1, 2))"}, out)
 
 
 # split 0: MasRouter ties the dear LLM at λ = 0 and beats the kNN router by 0.02 at λ = 100;
@@ -62,6 +64,8 @@ def test_reports_survive_results_json_and_the_mean_is_taken_per_lambda(tmp_path)
     _write_run(tmp_path / "s1", [_report("p", SPLIT1, (0.80, 1e-5))], 1)
     label, loaded = load_run(tmp_path / "s0")
     assert label == f"split 0 ({tmp_path / 's0'})"
+    _write_run(tmp_path / "replay", first, 2, dollars="notional: recorded list prices")
+    assert load_run(tmp_path / "replay")[0] == f"split 2 ({tmp_path / 'replay'} · $ notional)"
     original, back = first[0], loaded[0]
     assert back.regret == original.regret and back.best_baseline == original.best_baseline
     assert back.single_agent_margin == pytest.approx(original.single_agent_margin)

@@ -321,7 +321,8 @@ def target_checks(reports: Sequence[PairReport]) -> list[TargetCheck]:
     checks.append(TargetCheck(
         f"no regret (MasRouter >= best non-oracle baseline - {NO_REGRET_TOLERANCE} at every λ)",
         not failing if worst else None,
-        "worst regret per pair: " + ", ".join(f"{p} {_signed(v)}" for p, v in worst.items())
+        f"{len(worst) - len(failing)} of {len(worst)} pairs; worst regret per pair: "
+        + ", ".join(f"{p} {_signed(v)}" for p, v in worst.items())
         + noise))
     margins = {r.pair: r.single_agent_margin[r.middle_lambda] for r in reports
                if r.middle_lambda in r.single_agent_margin}
