@@ -84,6 +84,8 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     parser.add_argument("--quick", action="store_true", help="CI-sized: as run_all.py --quick")
     parser.add_argument("--lambdas", nargs="+", type=non_negative_float, default=None)
     parser.add_argument("--seeds", nargs="+", type=int, default=None)
+    parser.add_argument("--split-seed", type=int, default=0,
+                        help="seed of the splits: the one the run_all.py run at --out used")
     parser.add_argument("--max-train", type=positive_int, default=None)
     parser.add_argument("--max-validation", type=positive_int, default=None)
     parser.add_argument("--max-test", type=positive_int, default=None)
@@ -111,7 +113,7 @@ def settings_for(args: argparse.Namespace) -> ProtocolSettings:
     base = ProtocolSettings.quick() if args.quick else ProtocolSettings()
     overrides = {"lambdas": tuple(args.lambdas) if args.lambdas else None,
                  "seeds": tuple(args.seeds) if args.seeds else None,
-                 "max_train": args.max_train, "max_validation": args.max_validation,
+                 "split_seed": args.split_seed, "max_train": args.max_train, "max_validation": args.max_validation,
                  "max_test": args.max_test, "router_steps": args.router_steps}
     return dataclasses.replace(base, **{k: v for k, v in overrides.items() if v is not None})
 

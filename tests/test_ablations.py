@@ -124,3 +124,20 @@ def test_store_tables_waits_for_another_invocation_into_the_same_out(tmp_path: P
         "zeroeval-paper5-math", "llmrouter-all-gsm8k"]
     document = (tmp_path / "ablations.md").read_text()
     assert "## zeroeval-paper5-math" in document and "## llmrouter-all-gsm8k" in document
+
+
+@pytest.mark.slow
+def test_ablations_follow_the_runs_split_seed(tmp_path: Path, capsys):
+    """A run on another split (``run_all.py --split-seed 1``) can be ablated with the same flag,
+    and ablating it as split 0 stops with one line naming the split rather than mixing splits."""
+    out = tmp_path / "run"
+    only = ["--only", "fallback only"]
+    assert ablations.main([*TINY, "--out", str(out), "--split-seed", "1", *only]) == 0
+    split = json.loads((out / "llmrouter-all-gsm8k" / "split.json").read_text())
+    assert split["seed"] == 1
+    assert "split_seed=1" in json.loads((out / "ablations.json").read_text())[
+        "llmrouter-all-gsm8k"]["settings"]
+    capsys.readouterr()
+    assert ablations.main([*TINY, "--out", str(out), *only]) == 1
+    error = capsys.readouterr().err.strip()
+    assert len(error.splitlines()) == 1 and "with seed 1, not" in error and "seed 0" in error
