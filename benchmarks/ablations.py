@@ -113,8 +113,9 @@ def settings_for(args: argparse.Namespace) -> ProtocolSettings:
     base = ProtocolSettings.quick() if args.quick else ProtocolSettings()
     overrides = {"lambdas": tuple(args.lambdas) if args.lambdas else None,
                  "seeds": tuple(args.seeds) if args.seeds else None,
-                 "split_seed": args.split_seed, "max_train": args.max_train, "max_validation": args.max_validation,
-                 "max_test": args.max_test, "router_steps": args.router_steps}
+                 "split_seed": args.split_seed, "max_train": args.max_train,
+                 "max_validation": args.max_validation, "max_test": args.max_test,
+                 "router_steps": args.router_steps}
     return dataclasses.replace(base, **{k: v for k, v in overrides.items() if v is not None})
 
 
