@@ -6,6 +6,7 @@ targets checked.
     python benchmarks/run_all.py --quick         # CI-sized: small samples, one seed, minutes
     python benchmarks/run_all.py --world zeroeval --pool paper5 --benchmarks gsm8k
     python benchmarks/run_all.py --lambdas 0 100 10000 --seeds 0 1
+    python benchmarks/run_all.py --split-seed 0 1 2 --out runs/splits   # three splits, compared
     python benchmarks/run_all.py --pool my_pool.yaml --benchmarks gsm8k --max-usd 5   # real LLMs
     python benchmarks/run_all.py --ray --mlflow  # cells on a local Ray instance, runs in MLflow
     python benchmarks/run_all.py --ray-address auto --max-usd 50   # on a running Ray cluster
@@ -22,7 +23,11 @@ targets), ``fronts.png`` (accuracy–cost fronts), ``plans.png`` (what the route
 its split, plan library, outcome store, router checkpoints and training curves, per-query traces
 ``traces/<pair>/<cell>.jsonl``, the LLM response and score caches and ``ledgers/<run id>.jsonl``.
 A rerun with the same ``--out`` resumes: every stored cell, outcome and checkpoint is reused.
-Results are rewritten after every pair and whenever the run stops.
+Results are rewritten after every pair and whenever the run stops. With several ``--split-seed``
+values each split is such a run, in ``--out/split-<seed>``, one after the other, and
+``--out/splits.md`` compares them once all have finished (as ``benchmarks/splits.py`` does: per
+pair and split the headline figures, their mean over the splits and each target per split and on
+the means). ``--max-usd`` caps one grid, so it takes one split seed.
 
 The grid is independent, resumable cells (one world, task, λ, seed and method each; see
 :mod:`masr_graph.benchmarks.experiment.grid`). ``--ray`` runs them on a local Ray instance and
@@ -56,6 +61,7 @@ from masr_graph.benchmarks.experiment.protocol import (
     ProtocolSettings,
 )
 from masr_graph.benchmarks.experiment.wiring import is_pool_file
+from masr_graph.benchmarks.reporting.splits import load_run, split_comparison
 from masr_graph.exit_status import (
     non_negative_float,
     non_negative_int,
@@ -63,6 +69,7 @@ from masr_graph.exit_status import (
     run_command,
     usd_amount,
 )
+from masr_graph.files import write_atomically
 from masr_graph.llm import DEFAULT_FAIL_FAST_AFTER, UNKNOWN_OUTCOME_COSTS
 from masr_graph.replay import WORLDS, rule_names
 from masr_graph.replay.rules import DEFAULT_RULE
@@ -88,7 +95,10 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
                         help=f"the λ sweep, utility per $ (default: {' '.join(map(str, LAMBDAS))})")
     parser.add_argument("--seeds", nargs="+", type=int, default=None,
                         help=f"training seeds (default: {' '.join(map(str, SEEDS))}; --quick: 0)")
-    parser.add_argument("--split-seed", type=int, default=0, help="seed of the splits")
+    parser.add_argument("--split-seed", type=non_negative_int, nargs="+", default=[0],
+                        metavar="SEED", help="seed of the train / validation / test split; "
+                        "several: one run per split under --out/split-SEED, compared in "
+                        "--out/splits.md (default: 0)")
     parser.add_argument("--max-train", type=positive_int, default=None)
     parser.add_argument("--max-validation", type=positive_int, default=None)
     parser.add_argument("--max-test", type=positive_int, default=None)
@@ -127,6 +137,11 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     parser.add_argument("--mlflow-experiment", default="masr_graph grid", metavar="NAME",
                         help="the MLflow experiment (default: 'masr_graph grid')")
     args = parser.parse_args(argv)
+    if len(set(args.split_seed)) < len(args.split_seed):
+        parser.error(f"--split-seed repeats a seed ({' '.join(map(str, args.split_seed))})")
+    if len(args.split_seed) > 1 and args.max_usd is not None:
+        parser.error("--max-usd caps one grid; on real LLMs run one --split-seed per invocation "
+                     "(each with its cap) and compare the runs with benchmarks/splits.py")
     if args.ray_workers is not None and args.ray_address is not None:
         parser.error("--ray-workers sizes a local instance; a cluster at --ray-address has "
                      "its own")
@@ -161,12 +176,15 @@ def select_pairs(world: Optional[str], pool: Optional[str],
     return chosen
 
 
-def settings_for(args: argparse.Namespace) -> ProtocolSettings:
+def settings_for(args: argparse.Namespace, split_seed: Optional[int] = None) -> ProtocolSettings:
+    """The protocol's settings the flags give, on ``split_seed`` (default: the first
+    ``--split-seed``)."""
     base = ProtocolSettings.quick() if args.quick else ProtocolSettings()
     overrides = {
         "lambdas": tuple(args.lambdas) if args.lambdas else None,
         "seeds": tuple(args.seeds) if args.seeds else None,
-        "split_seed": args.split_seed, "max_train": args.max_train,
+        "split_seed": args.split_seed[0] if split_seed is None else split_seed,
+        "max_train": args.max_train,
         "max_validation": args.max_validation, "max_test": args.max_test,
         "router_steps": args.router_steps, "team_llms": args.team_llms, "rule": args.rule,
         "max_tokens": args.max_tokens,
@@ -188,18 +206,35 @@ def ray_options(args: argparse.Namespace) -> Optional[RayOptions]:
                       max_retries=args.ray_retries)
 
 
-async def _run(args: argparse.Namespace) -> int:
-    tracker = None
-    if args.mlflow:
-        from masr_graph.benchmarks.reporting.tracking import GridTracker
+def split_outs(args: argparse.Namespace) -> dict[int, Path]:
+    """Where each split's run goes: ``--out`` itself for one split, else ``--out/split-<seed>``."""
+    if len(args.split_seed) == 1:
+        return {args.split_seed[0]: args.out}
+    return {seed: args.out / f"split-{seed}" for seed in args.split_seed}
 
-        tracker = GridTracker(args.out, experiment=args.mlflow_experiment)
-    await run_grid(args.pairs, settings_for(args), args.out, data_dir=args.data_dir,
-                   max_usd=args.max_usd, unknown_outcome_cost=args.unknown_outcome_cost,
-                   fail_fast_after=args.fail_fast_after or None, ray=ray_options(args),
-                   tracker=tracker)
-    print((args.out / "results.md").read_text(encoding="utf-8"))
-    print(f"wrote {args.out}/results.md, results.json, fronts.png, plans.png, traces/, ledgers/")
+
+async def _run(args: argparse.Namespace) -> int:
+    outs = split_outs(args)
+    for split_seed, out in outs.items():
+        tracker = None
+        if args.mlflow:
+            from masr_graph.benchmarks.reporting.tracking import GridTracker
+
+            tracker = GridTracker(out, experiment=args.mlflow_experiment)
+        await run_grid(args.pairs, settings_for(args, split_seed), out, data_dir=args.data_dir,
+                       max_usd=args.max_usd, unknown_outcome_cost=args.unknown_outcome_cost,
+                       fail_fast_after=args.fail_fast_after or None, ray=ray_options(args),
+                       tracker=tracker)
+    written = "results.md, results.json, fronts.png, plans.png, traces/, ledgers/"
+    if len(outs) == 1:
+        print((args.out / "results.md").read_text(encoding="utf-8"))
+        print(f"wrote {args.out}/{written}")
+        return 0
+    comparison, _ = split_comparison(dict(load_run(out) for out in outs.values()))
+    write_atomically(args.out / "splits.md", comparison)
+    print(comparison, end="")
+    print(f"wrote {args.out}/split-<seed>/{written} for the splits "
+          f"{', '.join(map(str, outs))} and {args.out}/splits.md")
     return 0
 
 

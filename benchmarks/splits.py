@@ -4,6 +4,8 @@
     python benchmarks/run_all.py --split-seed 1 --out runs/split1
     python benchmarks/splits.py runs/split0 runs/split1 --out runs/splits.md
 
+(``run_all.py --split-seed 0 1 --out runs/splits`` does both runs and this comparison in one.)
+
 Reads each finished run's ``results.json`` (runs of the same pairs and λ sweep) and prints, per
 pair and split, MasRouter and the best baseline at the middle λ, the worst regret, the margin
 over the best single-agent router, the hypervolumes and MasRouter's plans; then the mean over

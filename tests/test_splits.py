@@ -18,7 +18,7 @@ from masr_graph.benchmarks.reporting.protocol import (
     PairReport, _comparisons, _fronts, write_report,
 )
 from masr_graph.benchmarks.reporting.splits import load_run, split_comparison
-from masr_graph.exit_status import EXIT_ERROR, EXIT_OK
+from masr_graph.exit_status import EXIT_ERROR, EXIT_OK, EXIT_USAGE
 from report_support import method_score
 
 LAMBDAS = (0.0, 100.0, 10000.0)
@@ -124,3 +124,46 @@ def test_the_command_prints_the_comparison_and_writes_it(tmp_path, capsys):
     assert module.main([str(tmp_path / "s0"), str(tmp_path / "nowhere")]) == EXIT_ERROR
     error = capsys.readouterr().err.strip()
     assert error.startswith("splits.py: error:") and "\n" not in error
+
+
+TINY_RUN = ["--world", "llmrouter", "--benchmarks", "gsm8k", "--quick", "--max-train", "4",
+            "--max-validation", "2", "--max-test", "3", "--router-steps", "2", "--lambdas", "0",
+            "100", "--team-llms", "3"]
+
+
+@pytest.mark.slow
+def test_run_all_runs_each_split_and_compares_them(tmp_path, capsys):
+    """`run_all.py --split-seed 0 1`: one complete run per split in its own folder, on its own
+    split, and their comparison in ``splits.md`` — what ``splits.py`` prints for the two runs."""
+    from masr_graph.benchmarks import run_all
+
+    out = tmp_path / "splits"
+    assert run_all.main([*TINY_RUN, "--split-seed", "0", "1", "--out", str(out)]) == EXIT_OK
+    printed = capsys.readouterr().out
+    used = {}
+    for seed in (0, 1):
+        pair = out / f"split-{seed}" / "llmrouter-all-gsm8k"
+        assert json.loads((pair / "split.json").read_text())["seed"] == seed
+        used[seed] = json.loads((pair / "used_ids.json").read_text())["test"]
+    assert used[0] != used[1]
+    comparison = (out / "splits.md").read_text()
+    assert comparison in printed
+    assert comparison == split_comparison(dict(load_run(out / f"split-{seed}")
+                                               for seed in (0, 1)))[0]
+    assert f"split 0 ({out / 'split-0'}" in comparison
+    assert f"split 1 ({out / 'split-1'}" in comparison
+
+
+@pytest.mark.parametrize("flags, message", [
+    (["--split-seed", "0", "1", "--max-usd", "5"], "--max-usd caps one grid"),
+    (["--split-seed", "2", "2"], "--split-seed repeats a seed (2 2)"),
+    (["--split-seed", "-1"], "argument --split-seed: must be an integer >= 0"),
+])
+def test_run_all_refuses_split_seeds_it_cannot_honour(flags, message, tmp_path, capsys):
+    from masr_graph.benchmarks import run_all
+
+    with pytest.raises(SystemExit) as stopped:
+        run_all.main([*TINY_RUN, *flags, "--out", str(tmp_path / "run")])
+    assert stopped.value.code == EXIT_USAGE
+    assert message in capsys.readouterr().err.splitlines()[-1]
+    assert not (tmp_path / "run").exists()
