@@ -214,13 +214,11 @@ def split_outs(args: argparse.Namespace) -> dict[int, Path]:
 
 
 async def _run(args: argparse.Namespace) -> int:
+    if args.mlflow:  # the optional extra, imported only when asked for
+        from masr_graph.benchmarks.reporting.tracking import GridTracker
     outs = split_outs(args)
     for split_seed, out in outs.items():
-        tracker = None
-        if args.mlflow:
-            from masr_graph.benchmarks.reporting.tracking import GridTracker
-
-            tracker = GridTracker(out, experiment=args.mlflow_experiment)
+        tracker = GridTracker(out, experiment=args.mlflow_experiment) if args.mlflow else None
         await run_grid(args.pairs, settings_for(args, split_seed), out, data_dir=args.data_dir,
                        max_usd=args.max_usd, unknown_outcome_cost=args.unknown_outcome_cost,
                        fail_fast_after=args.fail_fast_after or None, ray=ray_options(args),
