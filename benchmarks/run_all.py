@@ -24,10 +24,12 @@ its split, plan library, outcome store, router checkpoints and training curves, 
 ``traces/<pair>/<cell>.jsonl``, the LLM response and score caches and ``ledgers/<run id>.jsonl``.
 A rerun with the same ``--out`` resumes: every stored cell, outcome and checkpoint is reused.
 Results are rewritten after every pair and whenever the run stops. With several ``--split-seed``
-values each split is such a run, in ``--out/split-<seed>``, one after the other, and
-``--out/splits.md`` compares them once all have finished (as ``benchmarks/splits.py`` does: per
-pair and split the headline figures, their mean over the splits and each target per split and on
-the means). ``--max-usd`` caps one grid, so it takes one split seed.
+values each split is such a run, in ``--out/split-<seed>``, one after the other, sharing the
+response, score and embedding caches in ``--out`` (a reply paid for on one split is not paid
+again on the next), and ``--out/splits.md`` compares them once all have finished (as
+``benchmarks/splits.py`` does: per pair and split the headline figures, their mean over the
+splits and each target per split and on the means). ``--max-usd`` caps one grid, so it takes
+one split seed.
 
 The grid is independent, resumable cells (one world, task, λ, seed and method each; see
 :mod:`masr_graph.benchmarks.experiment.grid`). ``--ray`` runs them on a local Ray instance and
@@ -219,7 +221,8 @@ async def _run(args: argparse.Namespace) -> int:
     outs = split_outs(args)
     for split_seed, out in outs.items():
         tracker = GridTracker(out, experiment=args.mlflow_experiment) if args.mlflow else None
-        await run_grid(args.pairs, settings_for(args, split_seed), out, data_dir=args.data_dir,
+        await run_grid(args.pairs, settings_for(args, split_seed), out,
+                       cache_dir=args.out, data_dir=args.data_dir,
                        max_usd=args.max_usd, unknown_outcome_cost=args.unknown_outcome_cost,
                        fail_fast_after=args.fail_fast_after or None, ray=ray_options(args),
                        tracker=tracker)

@@ -255,6 +255,29 @@ async def test_one_max_usd_for_the_whole_grid_across_workers(local_ray, served, 
 
 
 @needs_ray
+async def test_a_ray_grid_given_a_serial_grids_cache_dir_pays_for_nothing_again(
+        local_ray, served, serial_grid, tmp_path: Path):
+    """What ``run_all.py --split-seed S1 S2 ...`` relies on: a grid in another ``--out`` with
+    the cache directory of one that ran before (here the serial grid's ``--out``) gets every
+    reply from its response cache — on Ray, through the store actor — and the same tables."""
+    srv, pool, _ = served
+    serial_out, serial_paid, _ = serial_grid
+    assert serial_paid
+    srv.reset()
+    out = tmp_path / "ray"
+    args = grid_args(pool, out)
+    grid = await run_grid(args.pairs, run_all.settings_for(args), out, cache_dir=serial_out,
+                          say=lambda _: None, ray=RayOptions())
+    assert paid(srv) == []
+    spending = grid.total_spending(None)
+    assert spending["calls"] == spending["cached_calls"] > 0
+    assert not (out / "llm_cache.sqlite").exists()
+    pairs = json.loads((out / "results.json").read_text())["pairs"]
+    serial_pairs = json.loads((serial_out / "results.json").read_text())["pairs"]
+    assert pairs == serial_pairs, first_difference(pairs, serial_pairs)
+
+
+@needs_ray
 def test_budget_actor_settles_a_dead_attempts_reservations_at_their_worst_case(local_ray,
                                                                               tmp_path: Path):
     """A worker dies holding reservations and an endpoint slot: the rerun of its unit finds the

@@ -9,6 +9,7 @@ import json
 from importlib import resources
 
 import pytest
+import torch
 
 from masr_graph import ConfigError
 from masr_graph.benchmarks.experiment.grid import COMPLETE
@@ -152,6 +153,34 @@ def test_run_all_runs_each_split_and_compares_them(tmp_path, capsys):
                                                for seed in (0, 1)))[0]
     assert f"split 0 ({out / 'split-0'}" in comparison
     assert f"split 1 ({out / 'split-1'}" in comparison
+    for cache in ("llm_cache.sqlite", "scores.sqlite", "embeddings.pt"):  # shared by the splits
+        assert (out / cache).exists()
+        assert not any((out / f"split-{seed}" / cache).exists() for seed in (0, 1))
+
+
+@pytest.mark.slow
+def test_grids_sharing_a_cache_dir_pay_for_a_reply_once(tmp_path):
+    """Two grids on one split with one cache directory (what ``run_all.py``'s splits share):
+    every call the second makes is answered from the first's response cache, and no query is
+    embedded twice."""
+    import asyncio
+
+    from masr_graph.benchmarks import run_all
+    from masr_graph.benchmarks.experiment.grid import run_grid
+
+    args = run_all.parse_args(TINY_RUN)
+    settings, caches = run_all.settings_for(args), tmp_path / "caches"
+    spent = []
+    for name in ("first", "second"):
+        grid = asyncio.run(run_grid(args.pairs, settings, tmp_path / name, cache_dir=caches,
+                                    say=lambda line: None, interactive=False))
+        spent.append(grid.total_spending(None))
+    first, second = spent
+    assert first["calls"] > first["cached_calls"]
+    assert second["calls"] == second["cached_calls"] == first["calls"]
+    embedded = torch.load(caches / "embeddings.pt", weights_only=True)["keys"]
+    assert len(embedded) == len(set(embedded)) > 0
+    assert not any((tmp_path / name / "embeddings.pt").exists() for name in ("first", "second"))
 
 
 @pytest.mark.parametrize("flags, message", [

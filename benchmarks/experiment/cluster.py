@@ -17,13 +17,15 @@ every answered call in the shared response cache, every settled call in the unit
 Where things go. Results, traces, checkpoints, library outcomes and ledgers are files under
 ``--out``, as without Ray, so on a multi-node cluster ``--out`` must be a shared file system
 mounted at the same path on every node. Each unit streams its ledger to
-``ledgers/<run id>/<pair>/<unit>.jsonl`` (a rerun appends to it). The response cache of real
-endpoints is the one database ``llm_cache.sqlite`` owned by an actor on the driver's node (why:
-docs/ARCHITECTURE.md, "The grid on Ray"); recorded worlds' replies, which cost nothing and are
-the same on every host, and the score caches are cached per host (``llm_cache.sqlite`` and
-``scores.sqlite`` on the driver's, ``<stem>-<host>.sqlite`` elsewhere), since SQLite's WAL must
-not be shared across hosts; each pair's embeddings are computed once by its prepare
-(``<pair>/embeddings.pt``) and read by every worker.
+``ledgers/<run id>/<pair>/<unit>.jsonl`` (a rerun appends to it). The caches are in the grid's
+cache directory (``--out`` unless grids share one, see :func:`.grid.run_grid`). The response
+cache of real endpoints is the one database ``llm_cache.sqlite`` owned by an actor on the
+driver's node (why: docs/ARCHITECTURE.md, "The grid on Ray"); recorded worlds' replies, which
+cost nothing and are the same on every host, and the score caches are cached per host
+(``llm_cache.sqlite`` and ``scores.sqlite`` on the driver's, ``<stem>-<host>.sqlite``
+elsewhere), since SQLite's WAL must not be shared across hosts; each pair's embeddings are
+computed once by its prepare (``<pair>/embeddings.pt``, merged into the cache directory's
+``embeddings.pt`` for later grids) and read by every worker.
 
 Budget. One :class:`~masr_graph.llm.shared.BudgetActor` for the grid: every attempt anywhere
 reserves its worst case there before it is sent and settles after, so the counted spend never
@@ -111,6 +113,8 @@ class GridContext:
     the handles of the shared actors (small and picklable)."""
 
     out: str
+    cache_dir: str
+    """Where the response, score and embedding caches live (see :func:`.grid.run_grid`)."""
     settings: ProtocolSettings
     data_dir: Optional[str]
     run_id: str
@@ -161,8 +165,8 @@ def _pair_run(ctx: GridContext, pair: Pair) -> PairRun:
     run = _RUNS.get(key)
     if run is None:
         out = Path(ctx.out)
-        embeddings = next((p for p in (out / pair.name / "embeddings.pt", out / "embeddings.pt")
-                           if p.exists()), None)
+        embeddings = next((p for p in (out / pair.name / "embeddings.pt",
+                                       Path(ctx.cache_dir) / "embeddings.pt") if p.exists()), None)
         run = PairRun(pair, ctx.settings, out, TextEncoder(cache_path=embeddings),
                       Path(ctx.data_dir) if ctx.data_dir else None)
         run.store = ReportingStore(out)
@@ -171,10 +175,10 @@ def _pair_run(ctx: GridContext, pair: Pair) -> PairRun:
 
 
 def _host_file(ctx: GridContext, stem: str) -> Path:
-    """``<out>/<stem>.sqlite`` on the driver's host, ``<stem>-<host>.sqlite`` on the others (a
-    SQLite file in WAL mode is shared by the processes of one host, never across hosts)."""
+    """``<cache dir>/<stem>.sqlite`` on the driver's host, ``<stem>-<host>.sqlite`` on the others
+    (a SQLite file in WAL mode is shared by the processes of one host, never across hosts)."""
     host = socket.gethostname()
-    return Path(ctx.out) / (f"{stem}.sqlite" if host == ctx.driver_host else
+    return Path(ctx.cache_dir) / (f"{stem}.sqlite" if host == ctx.driver_host else
                             f"{stem}-{host}.sqlite")
 
 
@@ -260,8 +264,9 @@ async def _execute_leased(task: GridTask, ctx: GridContext, attempt: str) -> Tas
             try:
                 outcome = await run_task(task, run, runtime, report)
                 outcome.worker = worker
-                if task.kind == PREPARE:
+                if task.kind == PREPARE:  # for the pair's other units, and for other grids
                     run.encoder.save_cache(out / task.pair.name / "embeddings.pt")
+                    run.encoder.save_cache(Path(ctx.cache_dir) / "embeddings.pt")
             except BudgetExceeded as stop:
                 outcome.status, outcome.message = BUDGET, str(stop)
                 outcome.budget_stop = (stop.cap_usd, stop.committed_usd, stop.needed_usd,
@@ -322,8 +327,9 @@ def _connect(ray: Any, options: RayOptions) -> bool:
 
 
 async def run_on_ray(pairs: Sequence[Pair], settings: ProtocolSettings, out: Path, *,
-                     options: RayOptions, results: GridResults, view: GridProgress,
-                     tracker: Optional[Any], data_dir: Optional[Path], max_usd: Optional[float],
+                     cache_dir: Path, options: RayOptions, results: GridResults,
+                     view: GridProgress, tracker: Optional[Any], data_dir: Optional[Path],
+                     max_usd: Optional[float],
                      unknown_outcome_cost: str, fail_fast_after: Optional[int]) -> None:
     """Run the grid's units on Ray (see the module docstring), writing results as they finish.
 
@@ -337,8 +343,9 @@ async def run_on_ray(pairs: Sequence[Pair], settings: ProtocolSettings, out: Pat
     ray = require_ray()
     connected = _connect(ray, options)
     try:
-        driver = _Driver(ray, pairs, settings, out, options=options, results=results,
-                         view=view, tracker=tracker, data_dir=data_dir, max_usd=max_usd,
+        driver = _Driver(ray, pairs, settings, out, cache_dir=cache_dir, options=options,
+                         results=results, view=view, tracker=tracker, data_dir=data_dir,
+                         max_usd=max_usd,
                          unknown_outcome_cost=unknown_outcome_cost,
                          fail_fast_after=fail_fast_after)
         try:
@@ -354,8 +361,9 @@ class _Driver:
     """Submits the units, collects their outcomes, keeps the files and the screen current."""
 
     def __init__(self, ray: Any, pairs: Sequence[Pair], settings: ProtocolSettings, out: Path,
-                 *, options: RayOptions, results: GridResults, view: GridProgress,
-                 tracker: Optional[Any], data_dir: Optional[Path], max_usd: Optional[float],
+                 *, cache_dir: Path, options: RayOptions, results: GridResults,
+                 view: GridProgress, tracker: Optional[Any], data_dir: Optional[Path],
+                 max_usd: Optional[float],
                  unknown_outcome_cost: str, fail_fast_after: Optional[int]):
         from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
@@ -372,7 +380,7 @@ class _Driver:
             name=f"masr-board-{run_id}", **light).remote()
         self.store = actor_class(ResponseStore).options(
             name=f"masr-cache-{run_id}", max_concurrency=10_000, scheduling_strategy=here,
-            **light).remote(str(out / "llm_cache.sqlite"))
+            **light).remote(str(cache_dir / "llm_cache.sqlite"))
         self.budget = None
         if max_usd is not None:
             self.budget = actor_class(BudgetActor).options(
@@ -384,7 +392,8 @@ class _Driver:
                 max_concurrency=10_000, **light).remote(endpoint, limit), limit)
             for endpoint, limit in endpoint_limits(list(self.runs.values())).items()}
         self.context = GridContext(
-            out=str(out), settings=settings, data_dir=str(data_dir) if data_dir else None,
+            out=str(out), cache_dir=str(cache_dir), settings=settings,
+            data_dir=str(data_dir) if data_dir else None,
             run_id=run_id, unknown_outcome_cost=unknown_outcome_cost,
             fail_fast_after=fail_fast_after, driver_host=socket.gethostname(),
             board=self.board, store=self.store, budget=self.budget, max_usd=max_usd,

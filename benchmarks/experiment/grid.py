@@ -452,6 +452,7 @@ async def run_grid(
     settings: ProtocolSettings,
     out: Path,
     *,
+    cache_dir: Optional[Path] = None,
     data_dir: Optional[Path] = None,
     max_usd: Optional[float] = None,
     unknown_outcome_cost: str = "worst_case",
@@ -465,6 +466,10 @@ async def run_grid(
 
     Args:
         pairs, settings, out: what to run and where it is stored.
+        cache_dir: where the response cache (``llm_cache.sqlite``), the score cache
+            (``scores.sqlite``) and the embedding cache (``embeddings.pt``) live (``None``:
+            ``out``). Grids that ask the same LLMs about the same queries — ``run_all.py``'s
+            splits — share one, so a reply one of them paid for is not paid again.
         data_dir: data directory (``None``: ``$MASR_DATA_DIR``, then ``../shared/data``).
         max_usd: one cap for the whole grid (``None``: none).
         unknown_outcome_cost, fail_fast_after: as for :class:`~masr_graph.llm.LLMPool`.
@@ -478,6 +483,8 @@ async def run_grid(
         BudgetStop: the budget cap stopped the grid (results of what finished are written).
     """
     out.mkdir(parents=True, exist_ok=True)
+    cache_dir = out if cache_dir is None else cache_dir
+    cache_dir.mkdir(parents=True, exist_ok=True)
     run_id = f"run_all-{time.strftime('%Y%m%dT%H%M%S')}-{uuid.uuid4().hex[:6]}"
     grid = GridRun()
     view = GridProgress(len(pairs), interactive=interactive, say=say)
@@ -494,13 +501,14 @@ async def run_grid(
         if ray is not None:
             from .cluster import run_on_ray
 
-            await run_on_ray(pairs, settings, out, options=ray, results=results, view=view,
+            await run_on_ray(pairs, settings, out, cache_dir=cache_dir, options=ray,
+                             results=results, view=view,
                              tracker=tracker, data_dir=data_dir, max_usd=max_usd,
                              unknown_outcome_cost=unknown_outcome_cost,
                              fail_fast_after=fail_fast_after)
         else:
             with protocol_threads():
-                await _run_serial(pairs, settings, out, results=results, view=view,
+                await _run_serial(pairs, settings, out, cache_dir, results=results, view=view,
                                   tracker=tracker, data_dir=data_dir, budget=results.budget,
                                   unknown_outcome_cost=unknown_outcome_cost,
                                   fail_fast_after=fail_fast_after)
@@ -528,12 +536,13 @@ async def run_grid(
         view.close()
 
 
-async def _run_serial(pairs: Sequence[Pair], settings: ProtocolSettings, out: Path, *,
-                      results: GridResults, view: GridProgress, tracker: Optional[Any],
+async def _run_serial(pairs: Sequence[Pair], settings: ProtocolSettings, out: Path,
+                      cache_dir: Path, *, results: GridResults, view: GridProgress,
+                      tracker: Optional[Any],
                       data_dir: Optional[Path], budget: Optional[Budget],
                       unknown_outcome_cost: str, fail_fast_after: Optional[int]) -> None:
     """The units in this process, pair by pair in dependency order (see the module docstring)."""
-    encoder = TextEncoder(cache_path=out / "embeddings.pt")
+    encoder = TextEncoder(cache_path=cache_dir / "embeddings.pt")
     grid = results.grid
     for pair in pairs:
         run = PairRun(pair, settings, out, encoder, data_dir)
@@ -541,7 +550,7 @@ async def _run_serial(pairs: Sequence[Pair], settings: ProtocolSettings, out: Pa
         runtime: Optional[Runtime] = None
         try:
             async with open_runtime(run.specs, out, run_id=f"{results.run_id}-{pair.name}",
-                                    budget=budget, max_tokens=run.max_tokens,
+                                    cache_dir=cache_dir, budget=budget, max_tokens=run.max_tokens,
                                     max_concurrent_queries=128,
                                     unknown_outcome_cost=unknown_outcome_cost,
                                     fail_fast_after=fail_fast_after) as runtime:

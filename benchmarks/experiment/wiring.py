@@ -217,6 +217,7 @@ async def open_runtime(
     out: Path,
     *,
     run_id: str,
+    cache_dir: Optional[Path] = None,
     max_usd: Optional[float] = None,
     budget: Optional[Budget] = None,
     max_tokens: int = 512,
@@ -228,9 +229,10 @@ async def open_runtime(
     ledger_path: Optional[Path] = None,
     scores_path: Optional[Path] = None,
 ) -> AsyncIterator[Runtime]:
-    """The runtime of an experiment writing to ``out``: response cache ``out/llm_cache.sqlite``,
-    score cache ``out/scores.sqlite``, a budget (``budget``, shared with other runtimes of the
-    invocation, or a new one capped at ``max_usd``; neither: no cap), the pool
+    """The runtime of an experiment writing to ``out``: response cache ``llm_cache.sqlite`` and
+    score cache ``scores.sqlite`` in ``cache_dir`` (``None``: ``out``), a budget (``budget``,
+    shared with other runtimes of the invocation, or a new one capped at ``max_usd``; neither:
+    no cap), the pool
     (``unknown_outcome_cost`` and ``fail_fast_after`` as for :class:`LLMPool`), an executor that
     keeps no messages in traces and caps completions at ``max_tokens``, and the pipeline.
     Everything is closed on exit. Every call record of the invocation is appended to
@@ -243,14 +245,14 @@ async def open_runtime(
     ``scores_path``."""
     own_cache = cache is None
     if cache is None:
-        cache = ResponseCache(out / "llm_cache.sqlite")
+        cache = ResponseCache((cache_dir or out) / "llm_cache.sqlite")
     if budget is None and max_usd is not None:
         budget = Budget(max_usd)
     pool = LLMPool(list(specs), cache=cache, budget=budget, run_id=run_id,
                    unknown_outcome_cost=unknown_outcome_cost, fail_fast_after=fail_fast_after,
                    ledger_path=ledger_path or out / "ledgers" / f"{run_id}.jsonl",
                    **({"endpoint_slots": endpoint_slots} if endpoint_slots else {}))
-    scores = ScoreCache(scores_path or out / "scores.sqlite")
+    scores = ScoreCache(scores_path or (cache_dir or out) / "scores.sqlite")
     executor = MASExecutor(pool, keep_messages=False, max_tokens=max_tokens,
                            max_concurrent_queries=max_concurrent_queries)
     try:
