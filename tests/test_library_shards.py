@@ -13,6 +13,7 @@ from masr_graph.benchmarks.experiment.library import (SHARD_FOLDER, library_shar
                                                       outcome_files)
 from masr_graph.benchmarks.experiment.protocol import Pair, PairRun, ProtocolSettings
 from masr_graph.benchmarks.experiment.wiring import open_runtime
+from masr_graph.plan import Plan
 from masr_graph.router import TextEncoder
 
 PAIR = Pair("zeroeval", "paper5", "gsm8k")
@@ -76,3 +77,24 @@ def test_a_shard_needs_the_library_defined_and_an_existing_index(tmp_path: Path)
         asyncio.run(in_runtime(run, tmp_path, lambda p: run.execute_library(p, 0, 2)))
     with pytest.raises(ValueError, match="shard 2 of 2"):
         library_shard([], 2, 2)
+
+
+def test_shards_share_every_mode_and_size_even_when_the_library_alternates_them():
+    """The protocol's libraries list, per team of LLMs, its vote and then its debate: dealing
+    plans out in that order gave one of two shards every Debate (9 calls a query against a
+    vote's 3). Each shard gets an equal share (±1) of every (mode, k), in library order."""
+    def plan(mode: str, k: int, llm: str) -> Plan:
+        return Plan(mode=mode, roles=["Solver"] * k, llms=[llm] * k)
+
+    library = [plan("IO", 1, "a"), plan("IO", 1, "b"),  # singles: the prepare's
+               *(p for llm in "abcdefg" for p in (plan("IO", 3, llm), plan("Debate", 3, llm))),
+               plan("IO", 5, "a"), plan("Escalation", 3, "a"), plan("Escalation", 4, "b")]
+    teams = library[2:]
+    for count in (2, 3):
+        shards = [library_shard(library, index, count) for index in range(count)]
+        assert sorted(map(repr, sum(shards, []))) == sorted(map(repr, teams))
+        for shard in shards:
+            assert shard == [p for p in teams if p in shard]
+        for kind in {(p.mode, p.k) for p in teams}:
+            shares = [sum((p.mode, p.k) == kind for p in shard) for shard in shards]
+            assert max(shares) - min(shares) <= 1, (kind, shares)

@@ -5,8 +5,9 @@ A unit (:class:`GridTask`) is one of
 
 * ``prepare`` of a pair: the single LLMs' executions on the train and validation queries, the
   plan library they decide (``<pair>/library.json``) and the embeddings of every query;
-* ``library`` of a pair, shard *i* of *n*: the executions of every *n*-th team plan of the
-  library on the train and validation queries (:meth:`~.protocol.PairRun.execute_library`;
+* ``library`` of a pair, shard *i* of *n*: the executions of its share of the team plans
+  (:func:`~.library.library_shard`: ±1 of every mode and size) on the train and validation
+  queries (:meth:`~.protocol.PairRun.execute_library`;
   resumable, one outcome file per shard), so that the library — most of a pair's executions —
   runs on as many workers as there are shards;
 * ``train`` of a pair and seed: MasRouter's training (``<pair>/masrouter-seed<seed>.pt`` and its
