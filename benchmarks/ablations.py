@@ -45,7 +45,7 @@ from masr_graph.benchmarks.experiment.protocol import (
     ProtocolSettings,
     protocol_threads,
 )
-from masr_graph.benchmarks.experiment.wiring import open_runtime
+from masr_graph.benchmarks.experiment.wiring import cache_dir_for, open_runtime
 from masr_graph.benchmarks.reporting.ablations import (
     ablations_document,
     ablations_json,
@@ -123,7 +123,9 @@ async def _run(args: argparse.Namespace) -> int:
     settings = settings_for(args)
     out: Path = args.out
     out.mkdir(parents=True, exist_ok=True)
-    encoder = TextEncoder(cache_path=out / "embeddings.pt")
+    # the caches of the run it ablates (those of all splits of run_all.py --split-seed S1 S2 ...)
+    cache_dir = cache_dir_for(out)
+    encoder = TextEncoder(cache_path=cache_dir / "embeddings.pt")
     budget = Budget(args.max_usd) if args.max_usd is not None else None
     run_id = f"ablations-{time.strftime('%Y%m%dT%H%M%S')}-{uuid.uuid4().hex[:6]}"
     reports, runs = [], []
@@ -131,7 +133,7 @@ async def _run(args: argparse.Namespace) -> int:
         for pair in args.pairs:
             run = PairRun(pair, settings, out, encoder, args.data_dir)
             async with open_runtime(run.specs, out, run_id=f"{run_id}-{pair.name}",
-                                    budget=budget, max_tokens=run.max_tokens,
+                                    cache_dir=cache_dir, budget=budget, max_tokens=run.max_tokens,
                                     max_concurrent_queries=128) as runtime:
                 print(f"== {pair.name}", flush=True)
                 await run.prepare(runtime.pipeline)

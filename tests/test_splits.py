@@ -153,9 +153,27 @@ def test_run_all_runs_each_split_and_compares_them(tmp_path, capsys):
                                                for seed in (0, 1)))[0]
     assert f"split 0 ({out / 'split-0'}" in comparison
     assert f"split 1 ({out / 'split-1'}" in comparison
-    for cache in ("llm_cache.sqlite", "scores.sqlite", "embeddings.pt"):  # shared by the splits
+    caches = ("llm_cache.sqlite", "scores.sqlite", "embeddings.pt")
+    for cache in caches:  # shared by the splits
         assert (out / cache).exists()
         assert not any((out / f"split-{seed}" / cache).exists() for seed in (0, 1))
+    # ... and recorded in each split's folder, so what works on one split alone uses them
+    from masr_graph.benchmarks import ablations
+
+    split = out / "split-1"
+    assert json.loads((split / "cache_dir.json").read_text()) == {"cache_dir": ".."}
+    ablate = ["--world", "llmrouter", "--benchmarks", "gsm8k", "--quick", "--max-train", "4",
+              "--max-validation", "2", "--max-test", "3", "--router-steps", "2", "--lambdas",
+              "0", "100", "--out", str(split), "--split-seed", "1", "--only", "fallback only"]
+    assert ablations.main(ablate) == EXIT_OK
+    assert (split / "ablations.md").exists()
+    assert run_all.main([*TINY_RUN, "--split-seed", "1", "--out", str(split)]) == EXIT_OK
+    assert not any((split / cache).exists() for cache in caches)
+    (split / "cache_dir.json").write_text("[]")
+    capsys.readouterr()
+    assert ablations.main(ablate) == EXIT_ERROR
+    error = capsys.readouterr().err.strip()
+    assert len(error.splitlines()) == 1 and "does not name the cache directory" in error
 
 
 @pytest.mark.slow
@@ -196,3 +214,20 @@ def test_run_all_refuses_split_seeds_it_cannot_honour(flags, message, tmp_path, 
     assert stopped.value.code == EXIT_USAGE
     assert message in capsys.readouterr().err.splitlines()[-1]
     assert not (tmp_path / "run").exists()
+
+
+def test_a_cache_dir_other_than_out_is_recorded_there_and_found_again(tmp_path):
+    from masr_graph.benchmarks.experiment.wiring import cache_dir_for
+
+    out, shared = tmp_path / "runs" / "split-1", tmp_path / "runs"
+    assert cache_dir_for(out) == out and not out.exists()  # nothing recorded: out itself
+    assert cache_dir_for(out, out) == out and not out.exists()
+    assert cache_dir_for(out, shared) == shared
+    assert json.loads((out / "cache_dir.json").read_text()) == {"cache_dir": ".."}
+    assert cache_dir_for(out).resolve() == shared.resolve()
+    moved = tmp_path / "elsewhere"  # relative: the two folders move together
+    (tmp_path / "runs").rename(moved)
+    assert cache_dir_for(moved / "split-1").resolve() == moved.resolve()
+    (moved / "split-1" / "cache_dir.json").write_text('{"cache_dir": 3}')
+    with pytest.raises(ConfigError, match="does not name the cache directory"):
+        cache_dir_for(moved / "split-1")

@@ -57,7 +57,7 @@ from .environment import software_environment
 from .library import library_shard, plan_key
 from .protocol import (MASROUTER, ORACLE, Cell, Pair, PairRun, ProtocolSettings,
                        protocol_threads)
-from .wiring import Runtime, open_runtime, spending_text
+from .wiring import Runtime, cache_dir_for, open_runtime, spending_text
 
 PREPARE, LIBRARY, TRAIN, CELL = "prepare", "library", "train", "cell"
 KINDS = (PREPARE, LIBRARY, TRAIN, CELL)
@@ -468,9 +468,11 @@ async def run_grid(
     Args:
         pairs, settings, out: what to run and where it is stored.
         cache_dir: where the response cache (``llm_cache.sqlite``), the score cache
-            (``scores.sqlite``) and the embedding cache (``embeddings.pt``) live (``None``:
-            ``out``). Grids that ask the same LLMs about the same queries — ``run_all.py``'s
-            splits — share one, so a reply one of them paid for is not paid again.
+            (``scores.sqlite``) and the embedding cache (``embeddings.pt``) live (``None``: the
+            one recorded in ``out``, else ``out``; see
+            :func:`~.wiring.cache_dir_for`). Grids that ask the same LLMs about the same
+            queries — ``run_all.py``'s splits — share one, so a reply one of them paid for is
+            not paid again.
         data_dir: data directory (``None``: ``$MASR_DATA_DIR``, then ``../shared/data``).
         max_usd: one cap for the whole grid (``None``: none).
         unknown_outcome_cost, fail_fast_after: as for :class:`~masr_graph.llm.LLMPool`.
@@ -484,7 +486,7 @@ async def run_grid(
         BudgetStop: the budget cap stopped the grid (results of what finished are written).
     """
     out.mkdir(parents=True, exist_ok=True)
-    cache_dir = out if cache_dir is None else cache_dir
+    cache_dir = cache_dir_for(out, cache_dir)
     cache_dir.mkdir(parents=True, exist_ok=True)
     run_id = f"run_all-{time.strftime('%Y%m%dT%H%M%S')}-{uuid.uuid4().hex[:6]}"
     grid = GridRun()

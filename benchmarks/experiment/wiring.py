@@ -16,6 +16,8 @@ Typical use (the protocol, :mod:`.protocol`, does this for every pair and method
 from __future__ import annotations
 
 import contextlib
+import json
+import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, AsyncIterator, Mapping, Optional, Sequence
@@ -24,6 +26,7 @@ import torch
 from tqdm.auto import tqdm
 
 from masr_graph.errors import ConfigError
+from masr_graph.files import write_atomically
 from masr_graph.llm import (
     DEFAULT_FAIL_FAST_AFTER,
     Budget,
@@ -211,6 +214,40 @@ def spending_text(spending: dict[str, Any]) -> str:
     return text + (f" [{spending['notional']}]" if spending["notional"] else "")
 
 
+CACHE_DIR_RECORD = "cache_dir.json"
+"""The file in an output folder that names the cache directory its grid used, when that is
+not the folder itself (:func:`cache_dir_for`)."""
+
+
+def cache_dir_for(out: Path, cache_dir: Optional[Path] = None) -> Path:
+    """Where an experiment writing to ``out`` keeps its response, score and embedding caches:
+    ``cache_dir`` when given — recorded in ``out/cache_dir.json`` (relative to ``out``) when it
+    is another folder, so that whatever later works on ``out`` alone (a split's run resumed by
+    itself, ``ablations.py`` on it) finds the replies already paid for —, else the folder that
+    file records, else ``out``.
+
+    Raises:
+        ConfigError: ``out/cache_dir.json`` exists but does not name a folder.
+    """
+    record = out / CACHE_DIR_RECORD
+    if cache_dir is not None:
+        if cache_dir.resolve() != out.resolve():
+            out.mkdir(parents=True, exist_ok=True)
+            relative = os.path.relpath(cache_dir.resolve(), out.resolve())
+            write_atomically(record, json.dumps({"cache_dir": relative}) + "\n")
+        return cache_dir
+    if not record.exists():
+        return out
+    try:
+        named = json.loads(record.read_text(encoding="utf-8"))["cache_dir"]
+        if not isinstance(named, str):
+            raise TypeError(f"a {type(named).__name__}")
+    except (ValueError, KeyError, TypeError) as exc:
+        raise ConfigError(f"{record} does not name the cache directory ({exc}); delete it to "
+                          f"keep the caches in {out}") from None
+    return out / named
+
+
 @contextlib.asynccontextmanager
 async def open_runtime(
     specs: Sequence[LLMSpec],
@@ -230,9 +267,9 @@ async def open_runtime(
     scores_path: Optional[Path] = None,
 ) -> AsyncIterator[Runtime]:
     """The runtime of an experiment writing to ``out``: response cache ``llm_cache.sqlite`` and
-    score cache ``scores.sqlite`` in ``cache_dir`` (``None``: ``out``), a budget (``budget``,
-    shared with other runtimes of the invocation, or a new one capped at ``max_usd``; neither:
-    no cap), the pool
+    score cache ``scores.sqlite`` in ``cache_dir`` (``None``: :func:`cache_dir_for`), a budget
+    (``budget``, shared with other runtimes of the invocation, or a new one capped at
+    ``max_usd``; neither: no cap), the pool
     (``unknown_outcome_cost`` and ``fail_fast_after`` as for :class:`LLMPool`), an executor that
     keeps no messages in traces and caps completions at ``max_tokens``, and the pipeline.
     Everything is closed on exit. Every call record of the invocation is appended to
@@ -243,16 +280,17 @@ async def open_runtime(
     with them: ``cache`` (a response cache the caller owns and closes), ``endpoint_slots`` (the
     pool's per-endpoint limits, see :class:`LLMPool`), its own ``ledger_path`` and
     ``scores_path``."""
+    cache_dir = cache_dir if cache_dir is not None else cache_dir_for(out)
     own_cache = cache is None
     if cache is None:
-        cache = ResponseCache((cache_dir or out) / "llm_cache.sqlite")
+        cache = ResponseCache(cache_dir / "llm_cache.sqlite")
     if budget is None and max_usd is not None:
         budget = Budget(max_usd)
     pool = LLMPool(list(specs), cache=cache, budget=budget, run_id=run_id,
                    unknown_outcome_cost=unknown_outcome_cost, fail_fast_after=fail_fast_after,
                    ledger_path=ledger_path or out / "ledgers" / f"{run_id}.jsonl",
                    **({"endpoint_slots": endpoint_slots} if endpoint_slots else {}))
-    scores = ScoreCache(scores_path or (cache_dir or out) / "scores.sqlite")
+    scores = ScoreCache(scores_path or cache_dir / "scores.sqlite")
     executor = MASExecutor(pool, keep_messages=False, max_tokens=max_tokens,
                            max_concurrent_queries=max_concurrent_queries)
     try:
