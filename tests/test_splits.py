@@ -228,6 +228,8 @@ def test_a_cache_dir_other_than_out_is_recorded_there_and_found_again(tmp_path):
     moved = tmp_path / "elsewhere"  # relative: the two folders move together
     (tmp_path / "runs").rename(moved)
     assert cache_dir_for(moved / "split-1").resolve() == moved.resolve()
+    assert cache_dir_for(moved / "split-1", moved / "split-1") == moved / "split-1"
+    assert cache_dir_for(moved / "split-1") == moved / "split-1"  # the record went with it
     (moved / "split-1" / "cache_dir.json").write_text('{"cache_dir": 3}')
     with pytest.raises(ConfigError, match="does not name the cache directory"):
         cache_dir_for(moved / "split-1")

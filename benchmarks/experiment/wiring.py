@@ -222,16 +222,18 @@ not the folder itself (:func:`cache_dir_for`)."""
 def cache_dir_for(out: Path, cache_dir: Optional[Path] = None) -> Path:
     """Where an experiment writing to ``out`` keeps its response, score and embedding caches:
     ``cache_dir`` when given — recorded in ``out/cache_dir.json`` (relative to ``out``) when it
-    is another folder, so that whatever later works on ``out`` alone (a split's run resumed by
-    itself, ``ablations.py`` on it) finds the replies already paid for —, else the folder that
-    file records, else ``out``.
+    is another folder (a record is removed when it is ``out``), so that whatever later works on
+    ``out`` alone (a split's run resumed by itself, ``ablations.py`` on it) finds the replies
+    already paid for —, else the folder that file records, else ``out``.
 
     Raises:
         ConfigError: ``out/cache_dir.json`` exists but does not name a folder.
     """
     record = out / CACHE_DIR_RECORD
     if cache_dir is not None:
-        if cache_dir.resolve() != out.resolve():
+        if cache_dir.resolve() == out.resolve():
+            record.unlink(missing_ok=True)  # an older record must not outlive this choice
+        else:
             out.mkdir(parents=True, exist_ok=True)
             relative = os.path.relpath(cache_dir.resolve(), out.resolve())
             write_atomically(record, json.dumps({"cache_dir": relative}) + "\n")
