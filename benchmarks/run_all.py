@@ -221,7 +221,8 @@ async def _run(args: argparse.Namespace) -> int:
     outs = split_outs(args)
     for split_seed, out in outs.items():
         tracker = GridTracker(out, experiment=args.mlflow_experiment) if args.mlflow else None
-        await run_grid(args.pairs, settings_for(args, split_seed), out,  # one split: see run_grid
+        # several splits share --out's caches; one split uses those its --out records, if any
+        await run_grid(args.pairs, settings_for(args, split_seed), out,
                        cache_dir=args.out if len(outs) > 1 else None, data_dir=args.data_dir,
                        max_usd=args.max_usd, unknown_outcome_cost=args.unknown_outcome_cost,
                        fail_fast_after=args.fail_fast_after or None, ray=ray_options(args),

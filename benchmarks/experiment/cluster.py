@@ -24,8 +24,8 @@ driver's node (why: docs/ARCHITECTURE.md, "The grid on Ray"); recorded worlds' r
 cost nothing and are the same on every host, and the score caches are cached per host
 (``llm_cache.sqlite`` and ``scores.sqlite`` on the driver's, ``<stem>-<host>.sqlite``
 elsewhere), since SQLite's WAL must not be shared across hosts; each pair's embeddings are
-computed once by its prepare (``<pair>/embeddings.pt``, merged into the cache directory's
-``embeddings.pt`` for later grids) and read by every worker.
+computed once by its prepare, merged into the cache directory's ``embeddings.pt`` (the serial
+grid's file, under its lock) and read from there by every worker.
 
 Budget. One :class:`~masr_graph.llm.shared.BudgetActor` for the grid: every attempt anywhere
 reserves its worst case there before it is sent and settles after, so the counted spend never
@@ -165,9 +165,8 @@ def _pair_run(ctx: GridContext, pair: Pair) -> PairRun:
     run = _RUNS.get(key)
     if run is None:
         out = Path(ctx.out)
-        embeddings = next((p for p in (out / pair.name / "embeddings.pt",
-                                       Path(ctx.cache_dir) / "embeddings.pt") if p.exists()), None)
-        run = PairRun(pair, ctx.settings, out, TextEncoder(cache_path=embeddings),
+        encoder = TextEncoder(cache_path=Path(ctx.cache_dir) / "embeddings.pt")
+        run = PairRun(pair, ctx.settings, out, encoder,
                       Path(ctx.data_dir) if ctx.data_dir else None)
         run.store = ReportingStore(out)
         _RUNS[key] = run
@@ -179,7 +178,7 @@ def _host_file(ctx: GridContext, stem: str) -> Path:
     (a SQLite file in WAL mode is shared by the processes of one host, never across hosts)."""
     host = socket.gethostname()
     return Path(ctx.cache_dir) / (f"{stem}.sqlite" if host == ctx.driver_host else
-                            f"{stem}-{host}.sqlite")
+                                  f"{stem}-{host}.sqlite")
 
 
 def _response_cache(ctx: GridContext, task: GridTask, lease: Any) -> Any:
@@ -264,9 +263,8 @@ async def _execute_leased(task: GridTask, ctx: GridContext, attempt: str) -> Tas
             try:
                 outcome = await run_task(task, run, runtime, report)
                 outcome.worker = worker
-                if task.kind == PREPARE:  # for the pair's other units, and for other grids
-                    run.encoder.save_cache(out / task.pair.name / "embeddings.pt")
-                    run.encoder.save_cache(Path(ctx.cache_dir) / "embeddings.pt")
+                if task.kind == PREPARE:  # for the pair's other units, and for later grids
+                    run.encoder.save_cache()
             except BudgetExceeded as stop:
                 outcome.status, outcome.message = BUDGET, str(stop)
                 outcome.budget_stop = (stop.cap_usd, stop.committed_usd, stop.needed_usd,
