@@ -27,7 +27,7 @@ from typing import Mapping, Optional, Sequence
 import numpy as np
 
 from masr_graph.replay import load_world
-from masr_graph.replay.worlds import drawable_ids
+from masr_graph.replay.worlds import LLMRouterWorld
 from masr_graph.router.library import LibraryOutcomes
 
 from ..tasks.datasets import Example
@@ -156,9 +156,13 @@ def pair_headroom(run: PairRun, outcomes: LibraryOutcomes, examples: Sequence[Ex
     own = (np.arange(chosen_on), np.arange(chosen_on, len(examples)))
 
     ids = [e.id for e in examples]
-    allowed = drawable_ids(load_world(run.pair.world, data_dir), run.pair.task)
+    world = load_world(run.pair.world, data_dir)
+    drawable = None
+    if isinstance(world, LLMRouterWorld):
+        # world_split's rule: the queries scored in LLMRouter's test.json always stay in test
+        drawable = {q.id for q in world.table.task_queries(run.pair.task) if not q.in_test_file}
     redrawn = redraw_splits(ids, len(run.data.train), len(run.data.validation), draws,
-                            None if allowed is None else set(ids) & allowed)
+                            None if drawable is None else set(ids) & drawable)
 
     def measured(splits: Sequence[tuple[np.ndarray, np.ndarray]]) -> Headroom:
         return headroom(outcomes.correct.numpy(), outcomes.cost.numpy(),

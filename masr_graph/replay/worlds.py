@@ -199,7 +199,9 @@ def world_split(world: World, task: str, *, seed: int = 0,
                             f"{changed} differ; use the original data or draw a new split")
         return split
     examples = world.examples(task)
-    drawable = drawable_ids(world, task)
+    drawable = None
+    if isinstance(world, LLMRouterWorld):
+        drawable = {q.id for q in world.table.task_queries(task) if not q.in_test_file}
     train, validation, test, how = train_val_test_ids(
         [e.id for e in examples], SPLIT_FRACTIONS, seed, drawable=drawable)
     where = " among the queries outside LLMRouter's test.json" if drawable is not None else ""
@@ -211,14 +213,6 @@ def world_split(world: World, task: str, *, seed: int = 0,
     if split_file is not None:
         save_split(split, split_file)
     return split
-
-
-def drawable_ids(world: World, task: str) -> Optional[set[str]]:
-    """The ids of ``task``'s queries that a split may put in train or validation (``None``: all).
-    In the LLMRouter world the queries scored in LLMRouter's ``test.json`` always stay in test."""
-    if isinstance(world, LLMRouterWorld):
-        return {q.id for q in world.table.task_queries(task) if not q.in_test_file}
-    return None
 
 
 def split_examples_of(world: World, task: str, split: Split, part: str) -> list[Example]:
