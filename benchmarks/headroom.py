@@ -9,7 +9,8 @@ redraws of the split.
 Reuses the run's splits, libraries and caches (give the same --split-seed, --quick and --max-*
 flags as the run); executes each library plan on the pair's test queries once (offline worlds
 only; stored as ``<pair>/headroom.sqlite``, so a rerun executes nothing) and writes
-``headroom.md`` and ``headroom.json`` to --out (:mod:`masr_graph.benchmarks.experiment.headroom`
+``headroom.md`` and ``headroom.json`` to --out (with the pairs of earlier invocations there that
+this one did not measure) (:mod:`masr_graph.benchmarks.experiment.headroom`
 says what is measured and what it is not).
 
 Exit status: as ``run_all.py`` (0 done, 1 error, 2 bad command line, 130 interrupted;
@@ -25,11 +26,14 @@ import time
 from pathlib import Path
 from typing import Optional, Sequence
 
+from filelock import FileLock
+
 from masr_graph.benchmarks.experiment.headroom import library_on_all_queries, pair_headroom
 from masr_graph.benchmarks.experiment.protocol import (DEFAULT_PAIRS, PairRun, ProtocolSettings,
                                                        protocol_threads)
 from masr_graph.benchmarks.experiment.wiring import cache_dir_for, is_pool_file, open_runtime
-from masr_graph.benchmarks.reporting.headroom import headroom_document, headroom_json
+from masr_graph.benchmarks.reporting.headroom import (headroom_document, headroom_from_json,
+                                                      headroom_json)
 from masr_graph.benchmarks.run_all import select_pairs
 from masr_graph.exit_status import (non_negative_float, non_negative_int, positive_int,
                                     run_command)
@@ -99,11 +103,42 @@ async def _run(args: argparse.Namespace) -> int:
                                                args.lambdas or settings.lambdas, args.data_dir)
             print(f"== {pair.name}: {len(run.library)} plans on {len(examples)} queries, "
                   f"{time.perf_counter() - started:.0f} s", flush=True)
-    text = headroom_document(figures)
-    write_atomically(out / "headroom.json", json.dumps(headroom_json(figures), indent=1))
-    write_atomically(out / "headroom.md", text)
-    print(text, end="")
+    print(store_tables(out, figures), end="")
     return 0
+
+
+def store_tables(out: Path, figures: dict) -> str:
+    """Merge this invocation's pairs into ``out``'s ``headroom.json`` (a pair measured again is
+    replaced, the others kept; the lock serialises invocations side by side) and rewrite it and
+    ``headroom.md``; returns the markdown."""
+    with FileLock(str(out / "headroom.lock")):
+        path = out / "headroom.json"
+        merged = stored_tables(path)
+        sweep = next(iter(figures.values()))[1].lambdas
+        dropped = [name for name, (_, redrawn) in merged.items()
+                   if name not in figures and redrawn.lambdas != sweep]
+        if dropped:
+            print(f"warning: {', '.join(dropped)} in {path} were measured over another λ sweep; "
+                  "they are left out", file=sys.stderr)
+        merged = {name: pair for name, pair in merged.items() if name not in dropped}
+        merged.update(figures)
+        text = headroom_document(merged)
+        write_atomically(path, json.dumps(headroom_json(merged), indent=1))
+        write_atomically(out / "headroom.md", text)
+    return text
+
+
+def stored_tables(path: Path) -> dict:
+    """The pairs an earlier invocation wrote (none without a file; an unreadable one is named on
+    stderr and replaced, its stored executions are not lost)."""
+    try:
+        stored = json.loads(path.read_text(encoding="utf-8"))
+        return {name: headroom_from_json(pair) for name, pair in stored.items()}
+    except FileNotFoundError:
+        return {}
+    except (OSError, ValueError, KeyError, TypeError, AttributeError) as exc:
+        print(f"warning: {path} is unreadable ({exc!r}); its tables are replaced", file=sys.stderr)
+        return {}
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:

@@ -73,7 +73,7 @@ def test_the_script_measures_a_pair_and_a_rerun_executes_nothing(tmp_path: Path,
     out = tmp_path / "run"
     assert script.main([*TINY, "--out", str(out)]) == 0
     markdown = (out / "headroom.md").read_text()
-    assert "| llmrouter-all-gsm8k |" in markdown and "4 redraws" in markdown
+    assert "| llmrouter-all-gsm8k |" in markdown and "% of 4 |" in markdown
     figures = json.loads((out / "headroom.json").read_text())["llmrouter-all-gsm8k"]
     assert len(figures["redraws"]["chosen"]) == 4 and len(figures["own_split"]["chosen"]) == 1
     assert len(figures["redraws"]["chosen"][0]) == 2  # one column per λ
@@ -100,3 +100,26 @@ def test_a_pool_file_is_refused_with_one_line(tmp_path: Path, capsys):
         script.main(["--pool", str(pool), "--benchmarks", "gsm8k", "--out", str(tmp_path)])
     assert stop.value.code == 2
     assert "give a recorded pool, not a pool file" in capsys.readouterr().err
+
+
+def test_tables_of_earlier_invocations_are_kept_unless_measured_again(tmp_path: Path, capsys):
+    correct, cost = outcomes([1, 0, 1, 1])
+    figures = headroom(correct, cost, [0, 1], [(CHOOSE_ON, TEST)], [0, 1000])
+    better = headroom(*outcomes([1, 1, 1, 1]), [0, 1], [(CHOOSE_ON, TEST)], [0, 1000])
+    script.store_tables(tmp_path, {"pair-a": (figures, figures)})
+    script.store_tables(tmp_path, {"pair-b": (figures, figures)})
+    markdown = (tmp_path / "headroom.md").read_text()
+    assert "| pair-a |" in markdown and "| pair-b |" in markdown
+    script.store_tables(tmp_path, {"pair-a": (better, better)})  # measured again: replaced
+    stored = json.loads((tmp_path / "headroom.json").read_text())
+    assert list(stored) == ["pair-a", "pair-b"]
+    assert stored["pair-a"]["redraws"]["moonshot_possible"] == [True]
+    assert stored["pair-b"]["redraws"]["moonshot_possible"] == [False]
+    other_sweep = headroom(correct, cost, [0, 1], [(CHOOSE_ON, TEST)], [100])
+    script.store_tables(tmp_path, {"pair-c": (other_sweep, other_sweep)})
+    assert list(json.loads((tmp_path / "headroom.json").read_text())) == ["pair-c"]
+    assert "another λ sweep; they are left out" in capsys.readouterr().err
+    (tmp_path / "headroom.json").write_text("{not json")
+    script.store_tables(tmp_path, {"pair-a": (figures, figures)})
+    assert "is unreadable" in capsys.readouterr().err
+    assert list(json.loads((tmp_path / "headroom.json").read_text())) == ["pair-a"]

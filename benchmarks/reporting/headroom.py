@@ -12,6 +12,15 @@ def _lambda(value: float) -> str:
     return f"{value:g}"
 
 
+def headroom_from_json(stored: Mapping[str, Any]) -> tuple[Headroom, Headroom]:
+    """One pair of :func:`headroom_json` back as (the run's split, the redraws)."""
+    def rebuilt(arrays: Mapping[str, Any]) -> Headroom:
+        return Headroom(tuple(arrays["lambdas"]), np.array(arrays["chosen"]),
+                        np.array(arrays["best_single"]), np.array(arrays["best_plan"]),
+                        np.array(arrays["moonshot_possible"]), np.array(arrays["moonshot_chosen"]))
+    return rebuilt(stored["own_split"]), rebuilt(stored["redraws"])
+
+
 def headroom_json(figures: Mapping[str, tuple[Headroom, Headroom]]) -> dict[str, Any]:
     """Per pair, the run's split and every redraw, per λ."""
     def arrays(h: Headroom) -> dict[str, Any]:
@@ -34,15 +43,15 @@ def headroom_document(figures: Mapping[str, tuple[Headroom, Headroom]]) -> str:
         "# Headroom: what the targets ask of a method that chooses on train + validation", "",
         f"Chooser: the library plan of highest mean utility on train + validation (the "
         f"protocol's best fixed plan); against the single LLM and the library plan best on "
-        f"the test queries in hindsight; {first.draws} redraws of the split per pair (the "
-        f"run's part sizes; the run's own split beside them). Regret = the hindsight best "
-        f"single LLM's test utility − the chooser's; the no-regret target allows "
+        f"the test queries in hindsight, over redraws of the split (the run's part sizes; the "
+        f"run's own split beside them). Regret = the hindsight best single LLM's test "
+        f"utility − the chooser's; the no-regret target allows "
         f"{NO_REGRET_TOLERANCE} at every λ. Mean over redraws, [5th, 95th percentile].", "",
         f"| pair | chooser's regret, λ = {sweep} | worst λ: mean regret | redraws with no "
-        f"regret at every λ | on the run's split: worst regret | λ = {_lambda(lambdas[middle])}:"
-        f" best library plan in hindsight − chooser | moonshot (≥ the most accurate single "
-        f"LLM's test accuracy at ≤ {MOONSHOT_COST_SHARE:.0%} of its cost): possible in "
-        f"hindsight · met by the chooser at some λ |",
+        f"regret at every λ | on the run's split: worst regret | "
+        f"λ = {_lambda(lambdas[middle])}: best library plan in hindsight − chooser | moonshot "
+        f"(≥ the most accurate single LLM's test accuracy at ≤ {MOONSHOT_COST_SHARE:.0%} of "
+        f"its cost): possible in hindsight · met by the chooser at some λ |",
         "|---|---|---|---|---|---|---|"]
     for pair, (own, redrawn) in figures.items():
         regret = redrawn.regret()
@@ -54,7 +63,7 @@ def headroom_document(figures: Mapping[str, tuple[Headroom, Headroom]]) -> str:
         met = redrawn.moonshot_chosen.any(axis=1)
         lines.append(
             f"| {pair} | {per_lambda} | {worst.mean():+.3f} [{low:+.3f}, {high:+.3f}] | "
-            f"{redrawn.no_regret_share():.0%} | {own.regret().max():+.3f} | "
+            f"{redrawn.no_regret_share():.0%} of {redrawn.draws} | {own.regret().max():+.3f} | "
             f"{hindsight_gap.mean():+.3f} [{gap_low:+.3f}, {gap_high:+.3f}] | "
             f"{redrawn.moonshot_possible.mean():.0%} · {met.mean():.0%} (run's split: "
             f"{'yes' if own.moonshot_possible[0] else 'no'} · "
