@@ -10,7 +10,8 @@ import numpy as np
 import pytest
 
 from masr_graph.benchmarks import headroom as script
-from masr_graph.benchmarks.experiment.headroom import HEADROOM_FILE, headroom, redraw_splits
+from masr_graph.benchmarks.experiment.headroom import (HEADROOM_FILE, best_router_utility,
+                                                       headroom, redraw_splits)
 
 CHOOSE_ON, TEST = np.arange(4), np.arange(4, 8)
 
@@ -63,6 +64,23 @@ def test_redrawn_splits_keep_the_sizes_and_the_queries_that_must_stay_in_test():
     assert len({tuple(sorted(choose_on)) for choose_on, _ in splits}) > 1
 
 
+def test_the_best_router_is_refitted_per_split_and_routes_by_the_query():
+    # two clusters of queries: LLM 0 solves the first, LLM 1 the second; the best router sends
+    # each test query to its cluster's LLM, which no single LLM matches (0.5)
+    rng = np.random.default_rng(0)
+    cluster = np.arange(60) % 2
+    embeddings = np.where(cluster[:, None] == 0, 1.0, -1.0) * np.ones((60, 8))
+    embeddings = embeddings + 0.05 * rng.standard_normal((60, 8))
+    correct = np.stack([cluster == 0, cluster == 1], axis=1).astype(float)
+    cost = np.full((60, 2), 1e-4)
+    splits = redraw_splits([f"q{i}" for i in range(60)], 24, 12, 2)
+    best = best_router_utility(embeddings, correct, cost, ["a", "b"], splits, 24, 0.0)
+    assert best.tolist() == pytest.approx([1.0, 1.0])
+    # without any signal in the text (one embedding for all) no router beats a constant
+    flat = best_router_utility(np.ones((60, 8)), correct, cost, ["a", "b"], splits, 24, 0.0)
+    assert (flat <= 0.5 + 0.1).all()
+
+
 TINY = ["--world", "llmrouter", "--benchmarks", "gsm8k", "--quick", "--max-train", "12",
         "--max-validation", "6", "--max-test", "6", "--lambdas", "0", "100", "--draws", "4"]
 
@@ -77,6 +95,7 @@ def test_the_script_measures_a_pair_and_a_rerun_executes_nothing(tmp_path: Path,
     figures = json.loads((out / "headroom.json").read_text())["llmrouter-all-gsm8k"]
     assert len(figures["redraws"]["chosen"]) == 4 and len(figures["own_split"]["chosen"]) == 1
     assert len(figures["redraws"]["chosen"][0]) == 2  # one column per λ
+    assert len(figures["redraws"]["best_router"]) == 4  # refitted on every redraw
     library = json.loads((out / "llmrouter-all-gsm8k" / "library.json").read_text())
     import sqlite3
 
@@ -110,6 +129,7 @@ def test_tables_of_earlier_invocations_are_kept_unless_measured_again(tmp_path: 
     script.store_tables(tmp_path, {"pair-b": (figures, figures)})
     markdown = (tmp_path / "headroom.md").read_text()
     assert "| pair-a |" in markdown and "| pair-b |" in markdown
+    assert markdown.count("| – |") == 2  # routers not measured: said, not invented
     script.store_tables(tmp_path, {"pair-a": (better, better)})  # measured again: replaced
     stored = json.loads((tmp_path / "headroom.json").read_text())
     assert list(stored) == ["pair-a", "pair-b"]

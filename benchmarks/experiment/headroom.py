@@ -20,6 +20,7 @@ the run's own, built from its split's training queries, and is kept fixed across
 """
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Mapping, Optional, Sequence
@@ -34,7 +35,7 @@ from ..tasks.datasets import Example
 from ..tasks.splits import train_val_test_ids
 from .library import OutcomeStore, execute, outcome_files
 from .pipeline import Pipeline
-from .protocol import PairRun
+from .protocol import ROUTER_CLASSES, PairRun
 
 HEADROOM_FILE = "headroom.sqlite"
 """The library's outcomes on the pair's test queries (train and validation are the run's)."""
@@ -42,6 +43,8 @@ NO_REGRET_TOLERANCE = 0.005
 """The no-regret target's slack, as the issue states it."""
 MOONSHOT_COST_SHARE = 0.25
 """The moonshot's cost cap, as a share of the best single LLM's cost per query."""
+ROUTER_MARGIN = 0.01
+"""The margin over the best single-agent router that the issue asks for at the middle λ."""
 
 
 async def library_on_all_queries(run: PairRun, pipeline: Pipeline
@@ -61,7 +64,8 @@ async def library_on_all_queries(run: PairRun, pipeline: Pipeline
 def redraw_splits(ids: Sequence[str], train: int, validation: int, draws: int,
                   drawable: Optional[set[str]] = None) -> list[tuple[np.ndarray, np.ndarray]]:
     """``draws`` random (train + validation, test) index arrays over ``ids`` (seeds 1, 2, ...),
-    with ``train`` and ``validation`` queries drawn only from ``drawable`` (default: all)."""
+    with ``train`` and ``validation`` queries drawn only from ``drawable`` (default: all); the
+    first ``train`` indices of each chosen-on array are its training queries."""
     position = {example_id: i for i, example_id in enumerate(ids)}
     shares = (train / len(ids), validation / len(ids))
     splits = []
@@ -84,6 +88,9 @@ class Headroom:
         moonshot_possible: some library plan reaches the test accuracy of the single LLM most
             accurate on test at ≤ :data:`MOONSHOT_COST_SHARE` of its cost (hindsight).
         moonshot_chosen: ``[draws, λ]``, the chosen plan does.
+        best_router: ``[draws]`` test utility, at the sweep's middle λ, of the best of the
+            protocol's single-agent routers fitted on the redraw's train and validation
+            queries (hindsight over the routers; ``None``: not measured).
     """
 
     lambdas: tuple[float, ...]
@@ -92,6 +99,7 @@ class Headroom:
     best_plan: np.ndarray
     moonshot_possible: np.ndarray
     moonshot_chosen: np.ndarray
+    best_router: Optional[np.ndarray] = None
 
     @property
     def draws(self) -> int:
@@ -100,6 +108,18 @@ class Headroom:
     def regret(self) -> np.ndarray:
         """``[draws, λ]``: the best single LLM's hindsight test utility − the chosen plan's."""
         return self.best_single - self.chosen
+
+    @property
+    def middle(self) -> int:
+        """The column of the sweep's middle λ."""
+        return len(self.lambdas) // 2
+
+    def router_margin(self) -> Optional[np.ndarray]:
+        """``[draws]``: the chosen plan's test utility − the best single-agent router's, at the
+        middle λ (what the margin target asks of MasRouter, ≥ :data:`ROUTER_MARGIN`)."""
+        if self.best_router is None:
+            return None
+        return self.chosen[:, self.middle] - self.best_router
 
     def no_regret_share(self) -> float:
         """Share of redraws in which the chosen plan is within the tolerance of the hindsight
@@ -147,6 +167,30 @@ def headroom(correct: np.ndarray, cost: np.ndarray, single_columns: Sequence[int
                     np.array(rows["moonshot"]))
 
 
+def best_router_utility(embeddings: np.ndarray, correct: np.ndarray, cost: np.ndarray,
+                        llms: Sequence[str], splits: Sequence[tuple[np.ndarray, np.ndarray]],
+                        train_size: int, cost_lambda: float) -> np.ndarray:
+    """``[draws]``: per split, the best test utility at ``cost_lambda`` among the protocol's
+    single-agent routers (seed 0), each fitted on the split's first ``train_size`` chosen-on
+    queries with the rest as its validation, over the single LLMs (``correct`` and ``cost``
+    hold only their columns)."""
+    best = []
+    for choose_on, test in splits:
+        train, validation = choose_on[:train_size], choose_on[train_size:]
+        utilities = []
+        for router_class in ROUTER_CLASSES.values():
+            router = router_class().fit(
+                embeddings[train], correct[train], cost[train], llms,
+                validation=(embeddings[validation], correct[validation], cost[validation]),
+                seed=0)
+            choice = router.choose(embeddings[test], cost_lambda)
+            rows = np.arange(len(test))
+            utilities.append(float((correct[test][rows, choice]
+                                    - cost_lambda * cost[test][rows, choice]).mean()))
+        best.append(max(utilities))
+    return np.array(best)
+
+
 def pair_headroom(run: PairRun, outcomes: LibraryOutcomes, examples: Sequence[Example],
                   draws: int, lambdas: Sequence[float], data_dir: Optional[Path] = None
                   ) -> tuple[Headroom, Headroom]:
@@ -164,8 +208,14 @@ def pair_headroom(run: PairRun, outcomes: LibraryOutcomes, examples: Sequence[Ex
     redrawn = redraw_splits(ids, len(run.data.train), len(run.data.validation), draws,
                             None if drawable is None else set(ids) & drawable)
 
+    correct, cost = outcomes.correct.numpy(), outcomes.cost.numpy()
+    singles = list(range(len(run.llms)))  # the library starts with the single LLMs
+    embeddings = run.encoder.encode([e.query for e in examples]).numpy()
+
     def measured(splits: Sequence[tuple[np.ndarray, np.ndarray]]) -> Headroom:
-        return headroom(outcomes.correct.numpy(), outcomes.cost.numpy(),
-                        range(len(run.llms)),  # the library starts with the single LLMs
-                        splits, lambdas)
+        figures = headroom(correct, cost, singles, splits, lambdas)
+        routers = best_router_utility(embeddings, correct[:, singles], cost[:, singles],
+                                      run.llms, splits, len(run.data.train),
+                                      figures.lambdas[figures.middle])
+        return dataclasses.replace(figures, best_router=routers)
     return measured([own]), measured(redrawn)
