@@ -22,7 +22,6 @@ interrupted; :mod:`masr_graph.exit_status`).
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
 import sys
 import time
@@ -110,13 +109,11 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
 
 
 def settings_for(args: argparse.Namespace) -> ProtocolSettings:
-    base = ProtocolSettings.quick() if args.quick else ProtocolSettings()
-    overrides = {"lambdas": tuple(args.lambdas) if args.lambdas else None,
-                 "seeds": tuple(args.seeds) if args.seeds else None,
-                 "split_seed": args.split_seed, "max_train": args.max_train,
-                 "max_validation": args.max_validation, "max_test": args.max_test,
-                 "router_steps": args.router_steps}
-    return dataclasses.replace(base, **{k: v for k, v in overrides.items() if v is not None})
+    return ProtocolSettings.from_flags(
+        args.quick, lambdas=tuple(args.lambdas) if args.lambdas else None,
+        seeds=tuple(args.seeds) if args.seeds else None, split_seed=args.split_seed,
+        max_train=args.max_train, max_validation=args.max_validation, max_test=args.max_test,
+        router_steps=args.router_steps)
 
 
 async def _run(args: argparse.Namespace) -> int:

@@ -19,7 +19,6 @@ Exit status: as ``run_all.py`` (0 done, 1 error, 2 bad command line, 130 interru
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
 import sys
 import time
@@ -77,11 +76,9 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
 
 
 def settings_for(args: argparse.Namespace) -> ProtocolSettings:
-    base = ProtocolSettings.quick() if args.quick else ProtocolSettings()
-    overrides = {"split_seed": args.split_seed, "max_train": args.max_train,
-                 "max_validation": args.max_validation, "max_test": args.max_test,
-                 "team_llms": args.team_llms}
-    return dataclasses.replace(base, **{k: v for k, v in overrides.items() if v is not None})
+    return ProtocolSettings.from_flags(
+        args.quick, split_seed=args.split_seed, max_train=args.max_train,
+        max_validation=args.max_validation, max_test=args.max_test, team_llms=args.team_llms)
 
 
 async def _run(args: argparse.Namespace) -> int:

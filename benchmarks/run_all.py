@@ -48,7 +48,6 @@ continue), 130 interrupted (rerun with the same ``--out`` to resume).
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import sys
 from pathlib import Path
 from typing import Optional, Sequence
@@ -181,17 +180,13 @@ def select_pairs(world: Optional[str], pool: Optional[str],
 def settings_for(args: argparse.Namespace, split_seed: Optional[int] = None) -> ProtocolSettings:
     """The protocol's settings the flags give, on ``split_seed`` (default: the first
     ``--split-seed``)."""
-    base = ProtocolSettings.quick() if args.quick else ProtocolSettings()
-    overrides = {
-        "lambdas": tuple(args.lambdas) if args.lambdas else None,
-        "seeds": tuple(args.seeds) if args.seeds else None,
-        "split_seed": args.split_seed[0] if split_seed is None else split_seed,
-        "max_train": args.max_train,
-        "max_validation": args.max_validation, "max_test": args.max_test,
-        "router_steps": args.router_steps, "team_llms": args.team_llms, "rule": args.rule,
-        "max_tokens": args.max_tokens,
-    }
-    return dataclasses.replace(base, **{k: v for k, v in overrides.items() if v is not None})
+    return ProtocolSettings.from_flags(
+        args.quick, lambdas=tuple(args.lambdas) if args.lambdas else None,
+        seeds=tuple(args.seeds) if args.seeds else None,
+        split_seed=args.split_seed[0] if split_seed is None else split_seed,
+        max_train=args.max_train, max_validation=args.max_validation, max_test=args.max_test,
+        router_steps=args.router_steps, team_llms=args.team_llms, rule=args.rule,
+        max_tokens=args.max_tokens)
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:

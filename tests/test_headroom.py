@@ -143,3 +143,13 @@ def test_tables_of_earlier_invocations_are_kept_unless_measured_again(tmp_path: 
     script.store_tables(tmp_path, {"pair-a": (figures, figures)})
     assert "is unreadable" in capsys.readouterr().err
     assert list(json.loads((tmp_path / "headroom.json").read_text())) == ["pair-a"]
+
+
+def test_flags_given_override_the_settings_and_absent_ones_keep_them():
+    from masr_graph.benchmarks.experiment.protocol import ProtocolSettings
+
+    quick = script.settings_for(script.parse_args(["--quick", "--max-train", "5"]))
+    assert quick == ProtocolSettings.quick(max_train=5)
+    full = script.settings_for(script.parse_args(["--split-seed", "2"]))
+    assert full == ProtocolSettings(split_seed=2)
+    assert ProtocolSettings.from_flags(False, max_test=None) == ProtocolSettings()

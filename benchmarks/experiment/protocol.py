@@ -178,6 +178,14 @@ class ProtocolSettings:
                    router_steps=60)
         return replace(base, **overrides)
 
+    @classmethod
+    def from_flags(cls, quick: bool, **flags: Any) -> "ProtocolSettings":
+        """The default (or, with ``quick``, the :meth:`quick`) settings with every flag that was
+        given; a flag of ``None`` keeps the default (how the scripts' command lines map)."""
+        base = cls.quick() if quick else cls()
+        return replace(base, **{name: value for name, value in flags.items()
+                                if value is not None})
+
     @property
     def middle_lambda(self) -> float:
         ordered = sorted(self.lambdas)
