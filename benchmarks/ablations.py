@@ -22,14 +22,11 @@ interrupted; :mod:`masr_graph.exit_status`).
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import time
 import uuid
 from pathlib import Path
 from typing import Optional, Sequence
-
-from filelock import FileLock
 
 from masr_graph.benchmarks.experiment.ablations import (
     INDUCTIVE,
@@ -51,8 +48,8 @@ from masr_graph.benchmarks.reporting.ablations import (
     merge_ablations,
 )
 from masr_graph.benchmarks.reporting.protocol import pair_report
+from masr_graph.benchmarks.reporting.stored import update_tables
 from masr_graph.errors import BudgetExceeded
-from masr_graph.files import write_atomically
 from masr_graph.exit_status import (
     BudgetStop,
     non_negative_float,
@@ -160,26 +157,10 @@ async def _run(args: argparse.Namespace) -> int:
 
 def store_tables(out: Path, current: dict) -> None:
     """Merge this invocation's pairs into ``out``'s ``ablations.json`` and rewrite it and
-    ``ablations.md``. Two invocations into one ``--out`` (say one per
-    world, side by side) each read, merge and write: the lock keeps one from dropping the
-    other's pairs."""
-    with FileLock(str(out / "ablations.lock")):
-        tables = merge_ablations(stored_tables(out / "ablations.json"), current)
-        write_atomically(out / "ablations.json", json.dumps(tables, indent=1, default=str))
-        write_atomically(out / "ablations.md", ablations_document(tables))
-
-
-def stored_tables(path: Path) -> dict:
-    """The pairs an earlier invocation wrote to ``ablations.json`` (none if there is no file;
-    an unreadable one is named on stderr and its tables are not kept, its cells are)."""
-    try:
-        stored = json.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        return {}
-    except (OSError, ValueError) as exc:
-        print(f"warning: {path} is unreadable ({exc}); its tables are replaced", file=sys.stderr)
-        return {}
-    return stored if isinstance(stored, dict) else {}
+    ``ablations.md`` (:func:`~masr_graph.benchmarks.reporting.stored.update_tables`: the lock
+    keeps an invocation side by side from dropping the other's pairs)."""
+    update_tables(out, "ablations", lambda stored: merge_ablations(stored, current),
+                  ablations_document)
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:

@@ -9,9 +9,9 @@ redraws of the split.
 Reuses the run's splits, libraries and caches (give the same --split-seed, --quick and --max-*
 flags as the run); executes each library plan on the pair's test queries once (offline worlds
 only; stored as ``<pair>/headroom.sqlite``, so a rerun executes nothing) and writes
-``headroom.md`` and ``headroom.json`` to --out (with the pairs of earlier invocations there that
-this one did not measure) (:mod:`masr_graph.benchmarks.experiment.headroom`
-says what is measured and what it is not).
+``headroom.md`` and ``headroom.json`` to --out, keeping there the pairs of earlier invocations
+that this one did not measure. :mod:`masr_graph.benchmarks.experiment.headroom` says what is
+measured and what it is not.
 
 Exit status: as ``run_all.py`` (0 done, 1 error, 2 bad command line, 130 interrupted;
 :mod:`masr_graph.exit_status`).
@@ -19,24 +19,21 @@ Exit status: as ``run_all.py`` (0 done, 1 error, 2 bad command line, 130 interru
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import time
 from pathlib import Path
 from typing import Optional, Sequence
-
-from filelock import FileLock
 
 from masr_graph.benchmarks.experiment.headroom import library_on_all_queries, pair_headroom
 from masr_graph.benchmarks.experiment.protocol import (DEFAULT_PAIRS, PairRun, ProtocolSettings,
                                                        protocol_threads)
 from masr_graph.benchmarks.experiment.wiring import cache_dir_for, is_pool_file, open_runtime
 from masr_graph.benchmarks.reporting.headroom import (headroom_document, headroom_from_json,
-                                                      headroom_json)
+                                                      headroom_json, merge_headroom)
+from masr_graph.benchmarks.reporting.stored import update_tables
 from masr_graph.benchmarks.run_all import select_pairs
 from masr_graph.exit_status import (non_negative_float, non_negative_int, positive_int,
                                     run_command)
-from masr_graph.files import write_atomically
 from masr_graph.router import TextEncoder
 
 
@@ -94,48 +91,26 @@ async def _run(args: argparse.Namespace) -> int:
             started = time.perf_counter()
             # the run's library and its outcomes on train + validation (what is missing, say
             # of a pair the run has not reached, is executed into the run's files as by run_all)
-            await run.prepare(runtime.pipeline)
+            await run.define_library(runtime.pipeline)
+            await run.execute_library(runtime.pipeline)
             outcomes, examples = await library_on_all_queries(run, runtime.pipeline)
             figures[pair.name] = pair_headroom(run, outcomes, examples, args.draws,
                                                args.lambdas or settings.lambdas, args.data_dir)
             print(f"== {pair.name}: {len(run.library)} plans on {len(examples)} queries, "
                   f"{time.perf_counter() - started:.0f} s", flush=True)
+        encoder.save_cache()  # the routers' embeddings of queries the run had not embedded
     print(store_tables(out, figures), end="")
     return 0
 
 
 def store_tables(out: Path, figures: dict) -> str:
-    """Merge this invocation's pairs into ``out``'s ``headroom.json`` (a pair measured again is
-    replaced, the others kept; the lock serialises invocations side by side) and rewrite it and
-    ``headroom.md``; returns the markdown."""
-    with FileLock(str(out / "headroom.lock")):
-        path = out / "headroom.json"
-        merged = stored_tables(path)
-        sweep = next(iter(figures.values()))[1].lambdas
-        dropped = [name for name, (_, redrawn) in merged.items()
-                   if name not in figures and redrawn.lambdas != sweep]
-        if dropped:
-            print(f"warning: {', '.join(dropped)} in {path} were measured over another λ sweep; "
-                  "they are left out", file=sys.stderr)
-        merged = {name: pair for name, pair in merged.items() if name not in dropped}
-        merged.update(figures)
-        text = headroom_document(merged)
-        write_atomically(path, json.dumps(headroom_json(merged), indent=1))
-        write_atomically(out / "headroom.md", text)
-    return text
-
-
-def stored_tables(path: Path) -> dict:
-    """The pairs an earlier invocation wrote (none without a file; an unreadable one is named on
-    stderr and replaced, its stored executions are not lost)."""
-    try:
-        stored = json.loads(path.read_text(encoding="utf-8"))
-        return {name: headroom_from_json(pair) for name, pair in stored.items()}
-    except FileNotFoundError:
-        return {}
-    except (OSError, ValueError, KeyError, TypeError, AttributeError) as exc:
-        print(f"warning: {path} is unreadable ({exc!r}); its tables are replaced", file=sys.stderr)
-        return {}
+    """Merge this invocation's pairs into ``out``'s ``headroom.json`` (:func:`merge_headroom`)
+    and rewrite it and ``headroom.md``, under the lock of
+    :func:`~masr_graph.benchmarks.reporting.stored.update_tables`; returns the markdown."""
+    return update_tables(
+        out, "headroom", lambda stored: merge_headroom(stored, headroom_json(figures)),
+        lambda tables: headroom_document({name: headroom_from_json(entry)
+                                          for name, entry in tables.items()}))
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:

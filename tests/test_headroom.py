@@ -96,6 +96,7 @@ def test_the_script_measures_a_pair_and_a_rerun_executes_nothing(tmp_path: Path,
     assert len(figures["redraws"]["chosen"]) == 4 and len(figures["own_split"]["chosen"]) == 1
     assert len(figures["redraws"]["chosen"][0]) == 2  # one column per λ
     assert len(figures["redraws"]["best_router"]) == 4  # refitted on every redraw
+    assert (out / "embeddings.pt").exists()  # the routers' embeddings are kept for reruns
     library = json.loads((out / "llmrouter-all-gsm8k" / "library.json").read_text())
     import sqlite3
 
@@ -138,7 +139,7 @@ def test_tables_of_earlier_invocations_are_kept_unless_measured_again(tmp_path: 
     other_sweep = headroom(correct, cost, [0, 1], [(CHOOSE_ON, TEST)], [100])
     script.store_tables(tmp_path, {"pair-c": (other_sweep, other_sweep)})
     assert list(json.loads((tmp_path / "headroom.json").read_text())) == ["pair-c"]
-    assert "another λ sweep; they are left out" in capsys.readouterr().err
+    assert "another λ sweep; it is left out" in capsys.readouterr().err
     (tmp_path / "headroom.json").write_text("{not json")
     script.store_tables(tmp_path, {"pair-a": (figures, figures)})
     assert "is unreadable" in capsys.readouterr().err

@@ -149,10 +149,10 @@ def headroom(correct: np.ndarray, cost: np.ndarray, single_columns: Sequence[int
         matches = ((test_accuracy >= test_accuracy[strongest] - 1e-12)
                    & (test_cost <= MOONSHOT_COST_SHARE * test_cost[strongest]))
         rows["possible"].append(bool(matches.any()))
+        known_accuracy, known_cost = correct[choose_on].mean(0), cost[choose_on].mean(0)
         chosen, best_single, best_plan, moonshot = [], [], [], []
         for cost_lambda in lambdas:
-            pick = int(np.argmax(correct[choose_on].mean(0)
-                                 - cost_lambda * cost[choose_on].mean(0)))
+            pick = int(np.argmax(known_accuracy - cost_lambda * known_cost))
             utility = test_accuracy - cost_lambda * test_cost
             chosen.append(utility[pick])
             best_single.append(utility[singles].max())

@@ -1,6 +1,7 @@
 """The headroom tables (:mod:`masr_graph.benchmarks.experiment.headroom`) as markdown and JSON."""
 from __future__ import annotations
 
+import sys
 from typing import Any, Mapping
 
 import numpy as np
@@ -34,6 +35,31 @@ def headroom_json(figures: Mapping[str, tuple[Headroom, Headroom]]) -> dict[str,
                 "best_router": None if h.best_router is None else h.best_router.tolist()}
     return {pair: {"own_split": arrays(own), "redraws": arrays(redrawn)}
             for pair, (own, redrawn) in figures.items()}
+
+
+def merge_headroom(stored: Mapping[str, Any], current: Mapping[str, Any]) -> dict[str, Any]:
+    """The pairs of an earlier invocation's ``headroom.json`` (in their order) with this
+    invocation's (:func:`headroom_json`) in their place or after them; a stored pair measured
+    over another λ sweep, or unreadable, is left out with a warning on stderr."""
+    sweep = tuple(next(iter(current.values()))["redraws"]["lambdas"])
+    merged: dict[str, Any] = {}
+    for name, entry in stored.items():
+        if name in current:
+            merged[name] = current[name]
+            continue
+        try:
+            lambdas = headroom_from_json(entry)[1].lambdas
+        except (KeyError, TypeError, ValueError, AttributeError):
+            print(f"warning: the stored headroom of {name} is unreadable; it is left out",
+                  file=sys.stderr)
+            continue
+        if lambdas != sweep:
+            print(f"warning: the stored headroom of {name} was measured over another λ sweep; "
+                  "it is left out", file=sys.stderr)
+            continue
+        merged[name] = entry
+    merged.update({name: entry for name, entry in current.items() if name not in merged})
+    return merged
 
 
 def headroom_document(figures: Mapping[str, tuple[Headroom, Headroom]]) -> str:
